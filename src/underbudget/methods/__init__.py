@@ -1,0 +1,6 @@
+"""Research protocols. Importing this package registers every method."""
+
+from . import train  # noqa: F401
+from .registry import Method, get_method, list_methods, register_method
+
+__all__ = ["Method", "get_method", "list_methods", "register_method"]

@@ -1,0 +1,57 @@
+"""``train``: supervised training of any model on any dataset, dense or sparse.
+
+Sparsity comes from the ``sparsity`` section: pruning at init (magnitude, random, SNIP,
+GraSP, SynFlow), gradual magnitude pruning (cubic), static random ERK, or dynamic sparse
+training (SET, RigL). With ``sparsity.method: none`` it is plain training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ExperimentConfig, MethodConfig
+from ..models import save_weights
+from ..runs import Run
+from .common import build_model, eval_loader, make_trainer, prepare_data, train_loader
+from .registry import register_method
+
+
+@dataclass
+class TrainMethodConfig(MethodConfig):
+    """Options of the plain training method."""
+
+    name: str = "train"
+    save_weights: bool = True  # keep final weights (and masks) as safetensors artifacts
+    eval_train: bool = True  # clean (un-augmented) training accuracy for the generalization gap
+
+
+@register_method("train", TrainMethodConfig,
+                 "supervised training, dense or sparse (prune at init, gradual, SET, RigL)")
+def run_train(cfg: ExperimentConfig, run: Run) -> dict:
+    """Train once; evaluate on validation (if any) and test; return the summary."""
+    from .sparse_setup import sparse_callbacks, sparse_summary
+
+    data = prepare_data(cfg, run)
+    model = build_model(cfg, data)
+    trainer = make_trainer(cfg, model, run)
+    device = trainer.device
+    loader = train_loader(cfg, data.train, data.splits, device)
+    callbacks, masks = sparse_callbacks(cfg, trainer, data, loader)
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    evals = {"test": eval_loader(cfg, data.test, data.splits, device)}
+    if cfg.method.eval_train:
+        evals["train"] = eval_loader(cfg, data.train, data.splits, device)
+    val = eval_loader(cfg, data.val, data.splits, device) if data.val is not None else None
+    result = trainer.fit(loader, cfg.train.epochs, val_loader=val, eval_loaders=evals)
+    trainer.finish()
+    if cfg.method.save_weights:
+        save_weights(trainer.model, run.artifact("model.safetensors"))
+        if masks is not None:
+            masks.save(run.artifact("masks.safetensors"))
+    summary = {k: v for k, v in result.items() if isinstance(v, (int, float, bool, str))}
+    if "train_acc" in summary:
+        summary["gap_train_test"] = summary["train_acc"] - summary["test_acc"]
+    summary["train_examples"] = len(data.train)
+    summary.update(sparse_summary(trainer.model, masks, data))
+    return summary

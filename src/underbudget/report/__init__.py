@@ -1,0 +1,83 @@
+"""Reports over runs: aggregation over seeds, markdown/CSV tables and PNG plots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from ..utils.atomic import write_text
+from .collect import Record, collect, flatten, group_by_setting
+from .plots import line_plot
+from .table import markdown, mean_std, numeric_keys, summarize, to_csv
+
+__all__ = ["Record", "collect", "flatten", "group_by_setting", "line_plot", "markdown",
+           "mean_std", "numeric_keys", "summarize", "to_csv", "write_report", "epoch_curves"]
+
+
+def epoch_curves(groups, key: str = "test_acc") -> dict:
+    """Per group, ``key`` of 'epoch' events vs epoch number (mean, std over seeds)."""
+    series = {}
+    for label, recs in groups:
+        per_seed = []
+        for rec in recs:
+            ys = [e[key] for e in rec.events("epoch") if key in e]
+            if ys:
+                per_seed.append(ys)
+        if not per_seed:
+            continue
+        n = min(len(s) for s in per_seed)
+        stats = [mean_std([s[i] for s in per_seed]) for i in range(n)]
+        series[label] = (list(range(1, n + 1)), [m for m, _ in stats], [s for _, s in stats])
+    return series
+
+
+def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | None = None,
+                 keys: list[str] | None = None) -> dict:
+    """Write ``report.md``, ``summary.csv`` and plots for the finished runs under ``paths``.
+
+    Runs that differ only by seed are aggregated (mean ± sample std). Each method that has
+    a report of its own adds its sections (e.g. the anytime comparison).
+    """
+    from ..methods.registry import get_method
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = collect(paths)
+    if not records:
+        write_text(out / "report.md", "# Report\n\nNo finished runs found.\n")
+        return {"runs": 0, "files": [str(out / "report.md")]}
+    groups = group_by_setting(records)
+    keys = numeric_keys(records, keys or (options or {}).get("keys"))
+    rows = summarize(groups, keys)
+    files = []
+    text = ["# Report", "", f"{len(records)} run(s) in {len(groups)} setting(s); "
+            "mean ± sample std over seeds.", "", markdown(rows, keys)]
+    write_text(out / "summary.csv", to_csv(rows, keys))
+    files.append(str(out / "summary.csv"))
+    failed = [r for r in records if r.summary.get("status", "ok") != "ok"]
+    if failed:
+        text += ["## Runs that did not finish normally", ""]
+        text += [f"- `{r.path}`: {r.summary.get('status')}: {r.summary.get('message', '')}"
+                 for r in failed]
+        text.append("")
+    by_method: dict[str, list[Record]] = defaultdict(list)
+    for rec in records:
+        by_method[rec.method].append(rec)
+    for method, recs in by_method.items():
+        try:
+            spec = get_method(method)
+        except Exception:  # a run of a method this version no longer has
+            continue
+        if spec.report is not None:
+            section = spec.report(recs, out, options or {})
+            text += [section.get("markdown", ""), ""]
+            files += section.get("files", [])
+    curves = epoch_curves(groups)
+    if curves and not any("test_acc_vs" in f for f in files):
+        files.append(str(line_plot(curves, out / "test_acc_vs_epoch.png", xlabel="epoch",
+                                   ylabel="test accuracy", title="Test accuracy")))
+    if files:
+        text += ["## Files", ""] + [f"- {Path(f).name}" for f in files]
+    write_text(out / "report.md", "\n".join(text) + "\n")
+    files.insert(0, str(out / "report.md"))
+    return {"runs": len(records), "files": files, "rows": rows, "keys": keys}

@@ -1,0 +1,378 @@
+"""The one training loop. Methods plug in through callbacks and an optional loss function.
+
+A :class:`Trainer` owns a model, its optimizer and the run directory. Each call of
+:meth:`Trainer.fit` trains one *stage* (ordinary training is one stage; anytime learning has
+one per megabatch). Every epoch ends with a checkpoint; when a run is started again after a
+crash, the trainer restores the last checkpoint, skips the stages already done and continues
+the interrupted stage from its last finished epoch, so the final weights equal those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnderbudgetError
+from ..utils.seeding import rng_state, set_rng_state
+from .callbacks import Callback
+from .evaluate import autocast, evaluate
+from .optim import build_optimizer, build_scheduler
+
+LossFn = Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class DivergedError(UnderbudgetError):
+    """Training produced a non-finite or exploding loss."""
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` → CUDA when available, else MPS, else CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    """Default loss: cross-entropy of the trainer's forward on (x, y)."""
+
+    def loss_fn(trainer: Trainer, x: torch.Tensor, y: torch.Tensor):
+        logits = trainer.forward(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+
+    return loss_fn
+
+
+class Trainer:
+    """Trains ``model`` stage by stage with callbacks, evaluation, checkpoints and resume.
+
+    Args:
+        model: any ``nn.Module`` mapping a batch of inputs to logits.
+        optim: an :class:`~underbudget.config.OptimConfig` (optimizer and LR schedule).
+        train: a :class:`~underbudget.config.TrainConfig` (loop settings).
+        run: a :class:`~underbudget.runs.Run` for logs and checkpoints (None: in memory).
+        callbacks: hooks on the fixed lifecycle (see :mod:`underbudget.train.callbacks`).
+        loss_fn: ``(trainer, x, y) -> (loss, logits)``; cross-entropy by default.
+        eval_forward: the function evaluated on test/validation data (default: the model).
+        params: parameters to optimize (default: all that require grad).
+    """
+
+    def __init__(self, model: torch.nn.Module, optim, train, *, run=None,
+                 callbacks: Sequence[Callback] = (), loss_fn: LossFn | None = None,
+                 eval_forward: Callable | None = None,
+                 params: Iterable[torch.nn.Parameter] | None = None):
+        self.optim_cfg, self.cfg, self.run = optim, train, run
+        self.device = resolve_device(train.device)
+        self.model = model.to(self.device)
+        if train.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if train.compile else self.model
+        self.eval_forward = eval_forward
+        self.callbacks = list(callbacks)
+        self.loss_fn = loss_fn or cross_entropy_loss(train.label_smoothing)
+        self._params = list(params) if params is not None else None
+        self.optimizer = self._build_optimizer()
+        self.scheduler = None
+        self.step = 0
+        self.epoch = 0
+        self.stage = -1
+        self.steps_per_epoch = 0
+        self.total_steps = 0
+        self.loader = None
+        self.history: list[dict] = []
+        self.events: list[dict] = []
+        self.resumed = False
+        self._started = False
+        self._resume: dict | None = None
+        self._best: dict | None = None
+        self._es = {"best": -math.inf, "bad": 0, "best_epoch": -1}
+        self._last: dict = {}
+
+    # ----------------------------------------------------------------- plumbing
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = self._params if self._params is not None else self.model.parameters()
+        return build_optimizer(params, self.optim_cfg)
+
+    def add_callback(self, callback: Callback) -> None:
+        """Register one more callback (before the first stage)."""
+        self.callbacks.append(callback)
+
+    def log(self, event: str, **values: Any) -> None:
+        """Append an event (with stage/epoch/step) to the run's metrics.jsonl."""
+        record = {"stage": self.stage, "epoch": self.epoch, "step": self.step, **values}
+        if self.run is not None:
+            self.run.log(event, **record)
+        else:
+            self.events.append({"event": event, **record})
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def evaluate(self, loader, return_logits: bool = False) -> dict:
+        """Evaluate the deployed network on ``loader`` (whole set)."""
+        return evaluate(self.model, loader, device=self.device, amp=self.cfg.amp,
+                        return_logits=return_logits,
+                        forward=self.eval_forward or self.forward,
+                        channels_last=self.cfg.channels_last and self.device.type == "cuda")
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (model, optimizer, RNG, callbacks...)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rng_state(),
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "step": self.step,
+            "stage_done": False,
+            "history": self.history,
+            "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks},
+            "best": self._best,
+            "es": dict(self._es),
+            "last": self._last,
+        }
+
+    def _checkpoint(self, stage_done: bool) -> None:
+        if self.run is None or not self.cfg.checkpoint:
+            return
+        state = self.state_dict()
+        state["stage_done"] = stage_done
+        self.run.save_checkpoint(state)
+
+    def _start(self) -> None:
+        self._started = True
+        if self.run is not None and self.cfg.checkpoint:
+            self._resume = self.run.load_checkpoint()
+        self.resumed = self._resume is not None
+        self._call("before_run")
+        if self._resume is None:
+            return
+        r = self._resume
+        self.model.load_state_dict(r["model"])
+        self.optimizer.load_state_dict(r["optimizer"])
+        self.step = int(r["step"])
+        self.history = list(r["history"])
+        for cb in self.callbacks:
+            if cb.key in r["callbacks"]:
+                cb.load_state_dict(r["callbacks"][cb.key])
+        set_rng_state(r["rng"])
+        self.stage = int(r["stage"])
+        self.log("resume", from_stage=int(r["stage"]), from_epoch=int(r["epoch"]))
+
+    # ----------------------------------------------------------------- training
+    def fit(self, loader, epochs: int, *, val_loader=None, eval_loaders: dict | None = None,
+            stage: int | None = None, select: str | None = None,
+            patience: int | None = None, reset_optimizer: bool = False) -> dict:
+        """Train one stage for ``epochs`` epochs and return the stage's metrics.
+
+        Args:
+            loader: training loader (``set_epoch`` seeds order and augmentation).
+            val_loader: validation data for selection and early stopping.
+            eval_loaders: further named loaders evaluated at the end of the stage (e.g.
+                ``{"test": ..., "train": ...}``; per epoch too when ``train.eval_every`` > 0).
+            stage: stage index (default: the next one).
+            select: ``best`` (best validation epoch) or ``last``; default from config.
+            patience: early stopping patience in evaluations; default from config.
+            reset_optimizer: start this stage with fresh optimizer state.
+        """
+        stage = self.stage + 1 if stage is None else stage
+        if not self._started:
+            self._start()
+        r = self._resume
+        if r is not None and (stage < r["stage"] or (stage == r["stage"] and r["stage_done"])):
+            return self.history[stage]
+        select = select or self.cfg.select
+        patience = self.cfg.patience if patience is None else patience
+        if select == "best" and val_loader is None:
+            raise UnderbudgetError(
+                "train.select=best needs validation data: set data.val_fraction > 0"
+            )
+        self.stage, self.loader = stage, loader
+        self.steps_per_epoch = len(loader)
+        self.total_steps = epochs * self.steps_per_epoch
+        start_epoch = 0
+        t0 = time.perf_counter()
+        if r is not None and stage == r["stage"]:
+            start_epoch = int(r["epoch"])
+            self.scheduler = build_scheduler(self.optimizer, self.optim_cfg,
+                                             self.steps_per_epoch, epochs)
+            if r["scheduler"] is not None:
+                self.scheduler.load_state_dict(r["scheduler"])
+                for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                    group["lr"] = lr
+            self._best, self._es = r["best"], dict(r["es"])
+            self._last = dict(r.get("last") or {})
+            self._resume = None
+        else:
+            self._resume = None
+            if reset_optimizer and stage > 0:
+                self.optimizer = self._build_optimizer()
+            self.scheduler = build_scheduler(self.optimizer, self.optim_cfg,
+                                             self.steps_per_epoch, epochs)
+            self._best, self._es = None, {"best": -math.inf, "bad": 0, "best_epoch": -1}
+            self.epoch = 0
+            self._call("before_stage", stage)
+        eval_loaders = dict(eval_loaders or {})
+        stopped_early = False
+        last: dict = self._last if start_epoch > 0 else {}
+        for epoch in range(start_epoch, epochs):
+            self.epoch = epoch
+            last = self._train_epoch(loader, epochs)
+            if self._due(epoch, epochs):
+                if val_loader is not None:
+                    last.update(_prefixed("val", self.evaluate(val_loader)))
+                if self.cfg.eval_every > 0:
+                    for name, ev in eval_loaders.items():
+                        last.update(_prefixed(name, self.evaluate(ev)))
+                if val_loader is not None:
+                    stopped_early = self._track_best(last, epoch, select, patience)
+            self.log("epoch", **last)
+            self._print_epoch(last, epochs)
+            self._call("after_epoch", last)
+            self.epoch = epoch + 1
+            self._last = last
+            if stopped_early:
+                self.log("early_stop", best_epoch=self._es["best_epoch"])
+                break
+            self._checkpoint(stage_done=False)
+        if select == "best" and self._best is not None:
+            self._restore_best()
+        metrics = self._stage_metrics(last, epochs, val_loader, eval_loaders, stopped_early, t0)
+        self._call("after_stage", stage, metrics)
+        self.log("stage_end", **metrics)
+        self.history.append(metrics)
+        self._best = None
+        self._checkpoint(stage_done=True)
+        return metrics
+
+    def finish(self) -> None:
+        """End of the run: call ``after_run`` hooks."""
+        if not self._started:
+            self._start()
+        self._call("after_run")
+
+    def _due(self, epoch: int, epochs: int) -> bool:
+        every = self.cfg.eval_every
+        return epoch == epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
+
+    def _train_epoch(self, loader, epochs: int) -> dict:
+        self.model.train()
+        loader.set_epoch(self.stage * 100_003 + self.epoch)
+        self._call("before_epoch")
+        dev = self.device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = self._progress(loader, epochs)
+        for i, (x, y) in enumerate(bar):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if self.cfg.channels_last and dev.type == "cuda" and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self._call("before_step", (x, y))
+            with autocast(dev, self.cfg.amp):
+                loss, logits = self.loss_fn(self, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self._call("before_optimizer_step")
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self._call("after_optimizer_step")
+            loss = loss.detach()
+            self._call("after_step", {"loss": loss, "logits": logits.detach(), "labels": y})
+            loss_sum += loss.double() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            if (i + 1) % 25 == 0 or i + 1 == len(loader):
+                self._guard(float(loss_sum.item()) / max(1, seen))
+            if hasattr(bar, "set_postfix") and (i + 1) % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        return {
+            "train_loss": float(loss_sum.item()) / max(1, seen),
+            "train_acc_running": int(correct.item()) / max(1, seen),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time": time.perf_counter() - t0,
+        }
+
+    def _guard(self, mean_loss: float) -> None:
+        if not math.isfinite(mean_loss) or mean_loss > self.cfg.max_loss:
+            self.log("diverged", loss=mean_loss if math.isfinite(mean_loss) else str(mean_loss))
+            raise DivergedError(
+                f"training diverged at stage {self.stage}, epoch {self.epoch}, step {self.step}: "
+                f"mean loss {mean_loss}; lower optim.lr, set train.grad_clip, or raise "
+                f"train.max_loss"
+            )
+
+    def _track_best(self, metrics: dict, epoch: int, select: str, patience: int | None) -> bool:
+        val = metrics.get("val_acc", -math.inf)
+        if val > self._es["best"] + self.cfg.min_delta or self._es["best_epoch"] < 0:
+            self._es.update(best=val, bad=0, best_epoch=epoch)
+            if select == "best":
+                self._best = {
+                    "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                    "callbacks": copy.deepcopy({cb.key: cb.state_dict() for cb in self.callbacks}),
+                    "epoch": epoch,
+                }
+        else:
+            self._es["bad"] += 1
+        return patience is not None and self._es["bad"] >= patience
+
+    def _restore_best(self) -> None:
+        self.model.load_state_dict(self._best["model"])
+        for cb in self.callbacks:
+            if cb.key in self._best["callbacks"]:
+                cb.load_state_dict(self._best["callbacks"][cb.key])
+
+    def _stage_metrics(self, last: dict, epochs: int, val_loader, eval_loaders: dict,
+                       stopped_early: bool, t0: float) -> dict:
+        metrics = {"stage": self.stage, "epochs_run": self.epoch, "planned_epochs": epochs,
+                   "stopped_early": stopped_early, "best_epoch": self._es["best_epoch"],
+                   "train_loss": last.get("train_loss"), "steps": self.step}
+        if val_loader is not None:
+            metrics.update(_prefixed("val", self.evaluate(val_loader)))
+        for name, ev in eval_loaders.items():
+            metrics.update(_prefixed(name, self.evaluate(ev)))
+        metrics["stage_time"] = time.perf_counter() - t0
+        return metrics
+
+    # ----------------------------------------------------------------- progress
+    def _progress(self, loader, epochs: int):
+        if not self.cfg.progress or not sys.stderr.isatty():
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, total=len(loader), leave=False, dynamic_ncols=True,
+                    desc=f"stage {self.stage} epoch {self.epoch + 1}/{epochs}")
+
+    def _print_epoch(self, m: dict, epochs: int) -> None:
+        if not self.cfg.progress:
+            return
+        parts = [f"stage {self.stage} epoch {self.epoch + 1}/{epochs}",
+                 f"loss {m['train_loss']:.4f}", f"train {100 * m['train_acc_running']:.2f}%"]
+        for key in sorted(k for k in m if k.endswith("_acc") and k != "train_acc_running"):
+            parts.append(f"{key[:-4]} {100 * m[key]:.2f}%")
+        parts.append(f"{m['epoch_time']:.1f}s")
+        print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def _prefixed(prefix: str, result: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in result.items() if k in ("loss", "acc", "errors", "n")}
