@@ -1,0 +1,107 @@
+"""Running experiments: one run, or a sweep (a grid of child runs) with its report.
+
+A finished run (one with ``summary.json``) is skipped when asked again; an interrupted one
+resumes from its checkpoint. A sweep is a parent directory holding one child run per grid
+point and the comparison report over them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .store import Run, runs_root
+
+
+def _slug(assignments: dict) -> str:
+    parts = []
+    for key, value in assignments.items():
+        short = key.split(".")[-1]
+        text = "-".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{short}-{text}")
+    raw = "_".join(parts) or "run"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+
+
+def expand_sweep(cfg) -> list[tuple[str, object]]:
+    """Child configs of a sweep, one per grid point, as ``(directory name, config)``."""
+    from ..config import apply_overrides, from_dict, to_dict
+
+    keys = list(cfg.sweep)
+    base = to_dict(cfg)
+    base["sweep"] = {}
+    children = []
+    for combo in itertools.product(*(cfg.sweep[k] for k in keys)):
+        assignment = dict(zip(keys, combo))
+        child = from_dict(apply_overrides(base, assignment))
+        children.append((_slug(assignment), child))
+    return children
+
+
+def run_experiment(cfg, root: str | Path | None = None, *, force: bool = False,
+                   quiet: bool = False) -> Path:
+    """Run ``cfg`` (or its sweep) under ``root``; return the run directory."""
+    from ..config import run_name
+
+    root = runs_root(root)
+    if cfg.sweep:
+        return run_sweep(cfg, root, force=force, quiet=quiet)
+    return run_single(cfg, Run(root / run_name(cfg)), force=force, quiet=quiet)
+
+
+def run_single(cfg, run: Run, *, force: bool = False, quiet: bool = False) -> Path:
+    """Run one experiment in ``run`` (skip when finished, resume when interrupted)."""
+    from ..config import to_dict
+    from ..methods.registry import get_method
+    from ..train import DivergedError, resolve_device
+    from ..utils.seeding import seed_everything
+
+    if force and run.path.exists():
+        shutil.rmtree(run.path)
+    if run.is_finished():
+        _say(quiet, f"already finished: {run.path} (use --force to run again)")
+        return run.path
+    from .tree import tree_exists
+
+    if not tree_exists(run.checkpoint_path) and run.metrics_path.exists():
+        run.truncate_metrics(0)  # a start that never checkpointed: begin afresh
+    method = get_method(cfg.method.name)
+    run.start(config=to_dict(cfg), device=resolve_device(cfg.train.device))
+    seed_everything(cfg.seed, cfg.train.deterministic)
+    _say(quiet, f"run {run.path} ({cfg.method.name}, seed {cfg.seed})")
+    t0 = time.perf_counter()
+    try:
+        summary = method.run(cfg, run) or {}
+        summary.setdefault("status", "ok")
+    except DivergedError as exc:
+        summary = {"status": "diverged", "message": str(exc)}
+    summary = {"name": cfg.name, "method": cfg.method.name, "seed": cfg.seed,
+               "wall_time": time.perf_counter() - t0, **summary}
+    run.write_summary(summary)
+    if summary["status"] != "ok":
+        _say(quiet, f"run stopped: {summary.get('message', summary['status'])}")
+    return run.path
+
+
+def run_sweep(cfg, root: Path, *, force: bool = False, quiet: bool = False) -> Path:
+    """Run every child of a sweep under one parent directory, then write its report."""
+    from ..config import run_name, to_dict
+    from ..report import write_report
+
+    parent = Run(root / run_name(cfg))
+    parent.path.mkdir(parents=True, exist_ok=True)
+    parent.start(config=to_dict(cfg))
+    children = expand_sweep(cfg)
+    for i, (slug, child) in enumerate(children):
+        _say(quiet, f"[{i + 1}/{len(children)}] {slug}")
+        run_single(child, parent.child(slug), force=force, quiet=quiet)
+    write_report([parent.path], parent.path / "report", options=cfg.report)
+    return parent.path
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,160 @@
+"""Run directories: one owner for every path a run writes.
+
+A run directory holds::
+
+    config.yaml      the resolved config
+    env.json         versions, device, git commit, command line
+    metrics.jsonl    one JSON object per event (step/epoch/stage/...)
+    summary.json     written last; its presence marks the run finished
+    checkpoint.*     latest training state (safetensors + JSON), removed when finished
+    artifacts/       weights, masks, indices, plots a method chooses to keep
+    <child>/         nested runs (levels, variants, sweep members)
+
+Everything is written atomically; ``metrics.jsonl`` is append-only and truncated back to
+the checkpointed length when an interrupted run resumes, so no event is counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..utils.atomic import dumps, write_json, write_text
+from .env import environment
+from .tree import load_tree, save_tree, tree_exists
+
+
+def runs_root(root: str | Path | None = None) -> Path:
+    """Where runs go: explicit root, else $UNDERBUDGET_RUNS, else ./runs."""
+    return Path(root or os.environ.get("UNDERBUDGET_RUNS") or "runs")
+
+
+class Run:
+    """A run directory (created on first write)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint"
+
+    def artifact(self, name: str) -> Path:
+        """Path of an artifact file (the directory is created)."""
+        path = self.path / "artifacts" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def child(self, name: str) -> Run:
+        """A nested run directory."""
+        return Run(self.path / name)
+
+    # ----------------------------------------------------------------- state
+    def is_finished(self) -> bool:
+        """A finished run has a summary."""
+        return self.summary_path.exists()
+
+    def start(self, config: dict | None = None, device: Any = None) -> None:
+        """Create the directory and write config and environment."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+        write_json(self.path / "env.json", environment(device))
+
+    def read_config(self) -> dict:
+        """The saved resolved config."""
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+    def write_summary(self, summary: dict) -> None:
+        """Write the summary (marks the run finished) and drop the resume checkpoint."""
+        write_json(self.summary_path, summary)
+        self.clear_checkpoint()
+
+    def read_summary(self) -> dict | None:
+        """The summary, or None when the run has not finished."""
+        if not self.summary_path.exists():
+            return None
+        return json.loads(self.summary_path.read_text(encoding="utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a JSON file inside the run directory atomically."""
+        path = self.path / name
+        write_json(path, obj)
+        return path
+
+    # ----------------------------------------------------------------- metrics
+    def log(self, event: str, **values: Any) -> None:
+        """Append one event to metrics.jsonl."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        line = dumps({"event": event, **values})
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def metrics_size(self) -> int:
+        """Bytes in metrics.jsonl (recorded in checkpoints)."""
+        return self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Cut metrics.jsonl back to ``size`` bytes (events after the last checkpoint)."""
+        if self.metrics_path.exists() and self.metrics_path.stat().st_size > size:
+            with open(self.metrics_path, "r+b") as fh:
+                fh.truncate(size)
+
+    def events(self, event: str | None = None) -> list[dict]:
+        """All logged events (optionally only those named ``event``)."""
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        with open(self.metrics_path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if event is None or record.get("event") == event:
+                    out.append(record)
+        return out
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, tree: dict) -> None:
+        """Write the resume state atomically, with the metrics length it matches."""
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        save_tree(self.checkpoint_path, {"metrics_size": self.metrics_size(), "state": tree})
+
+    def load_checkpoint(self) -> dict | None:
+        """The resume state (metrics truncated to match), or None."""
+        if not tree_exists(self.checkpoint_path):
+            return None
+        saved = load_tree(self.checkpoint_path)
+        self.truncate_metrics(int(saved["metrics_size"]))
+        return saved["state"]
+
+    def clear_checkpoint(self) -> None:
+        """Remove the resume state."""
+        for suffix in (".json", ".safetensors"):
+            self.checkpoint_path.with_suffix(suffix).unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
