@@ -1,0 +1,43 @@
+"""Fake quantization: post-training (weights and calibrated activations) and LSQ QAT."""
+
+from underbudget.quant.fake import (
+    ActivationQuantizer,
+    QuantRecord,
+    activation_quantizers,
+    attach_input_quantizer,
+    calibrate,
+    fake_quantize,
+    insert_activation_quantizers,
+    quantize_model,
+    quantize_weights,
+)
+from underbudget.quant.qat import (
+    LSQQuantizer,
+    QuantConv1d,
+    QuantConv2d,
+    QuantConv3d,
+    QuantLinear,
+    convert,
+    lsq_fake_quantize,
+    prepare_qat,
+)
+
+__all__ = [
+    "ActivationQuantizer",
+    "LSQQuantizer",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConv3d",
+    "QuantLinear",
+    "QuantRecord",
+    "activation_quantizers",
+    "attach_input_quantizer",
+    "calibrate",
+    "convert",
+    "fake_quantize",
+    "insert_activation_quantizers",
+    "lsq_fake_quantize",
+    "prepare_qat",
+    "quantize_model",
+    "quantize_weights",
+]

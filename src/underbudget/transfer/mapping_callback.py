@@ -1,0 +1,48 @@
+"""Training callback that keeps a :class:`LabelMapper` up to date (FLM once, ILM every epoch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from underbudget.train.callbacks import Callback
+from underbudget.transfer.label_mapping import LabelMapper
+
+
+class LabelMappingCallback(Callback):
+    """Recompute the label map at the start of each epoch as the mapper's mode prescribes.
+
+    ``data``: labelled batches of TARGET training images in [0, 1] (re-iterable, e.g. a
+    loader); default ``trainer.loader``. ``model``: what produces source logits; default
+    ``trainer.model`` (a :class:`~underbudget.transfer.heads.VisualPrompt`, called through
+    its ``source_logits``). Each update is logged as a ``label_mapping`` event.
+    """
+
+    name = "label_mapping"
+
+    def __init__(self, mapper: LabelMapper, data: Iterable[Any] | None = None, model: Any = None):
+        self.mapper = mapper
+        self.data = data
+        self.model = model
+
+    def before_epoch(self, trainer: Any) -> None:
+        if self.mapper.mode == "rlm" or (self.mapper.mode == "flm" and self.mapper.fitted):
+            return
+        model = self.model if self.model is not None else trainer.model
+        data = self.data if self.data is not None else trainer.loader
+        changed = self.mapper.update(model, data)
+        trainer.log(
+            "label_mapping",
+            stage=getattr(trainer, "stage", 0),
+            epoch=trainer.epoch,
+            step=trainer.step,
+            changed=changed,
+            mapping=self.mapper.mapping.tolist(),
+        )
+
+    def state_dict(self) -> dict:
+        return self.mapper.diagnostics()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.mapper.load_diagnostics(state)
