@@ -226,7 +226,7 @@ def _build(cls: type, values: dict, where: str) -> Any:
         if key not in names:
             prefix = f"{where}." if where else ""
             raise ConfigError(
-                f"unknown config key {prefix}{key!r}{closest(key, names)}; "
+                f"unknown config key '{prefix}{key}'{closest(key, names)}; "
                 f"valid keys{' of ' + where if where else ''}: {', '.join(names)}"
             )
         sub = f"{where}.{key}" if where else key
