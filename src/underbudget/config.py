@@ -247,6 +247,7 @@ def method_config_class(name: str) -> type:
 def from_dict(values: dict) -> ExperimentConfig:
     """Build and validate an ExperimentConfig from a plain nested mapping."""
     values = dict(values or {})
+    values.pop("description", None)  # presets carry a one-line description for `list`
     method = values.pop("method", None) or {}
     if isinstance(method, str):
         method = {"name": method}
