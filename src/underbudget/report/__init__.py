@@ -46,32 +46,36 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
     if not records:
         write_text(out / "report.md", "# Report\n\nNo finished runs found.\n")
         return {"runs": 0, "files": [str(out / "report.md")]}
-    groups = group_by_setting(records)
-    keys = numeric_keys(records, keys or (options or {}).get("keys"))
-    rows = summarize(groups, keys)
-    files = []
-    text = ["# Report", "", f"{len(records)} run(s) in {len(groups)} setting(s); "
-            "mean ± sample std over seeds.", "", markdown(rows, keys)]
-    write_text(out / "summary.csv", to_csv(rows, keys))
-    files.append(str(out / "summary.csv"))
+    by_method: dict[str, list[Record]] = defaultdict(list)
+    for rec in records:
+        by_method[rec.method].append(rec)
+    files: list[str] = []
+    text = ["# Report", "", f"{len(records)} run(s); mean ± sample std over seeds.", ""]
+    plain: list[Record] = []
+    for method, recs in by_method.items():
+        try:
+            spec = get_method(method)
+        except Exception:  # a run of a method this version no longer has
+            spec = None
+        if spec is None or spec.report is None:
+            plain += recs
+            continue
+        section = spec.report(recs, out, options or {})
+        text += [section.get("markdown", ""), ""]
+        files += section.get("files", [])
+    groups = group_by_setting(plain) if plain else []
+    if plain:
+        keys = numeric_keys(plain, keys or (options or {}).get("keys"))
+        rows = summarize(groups, keys)
+        text += ["## Summary", "", markdown(rows, keys)]
+        write_text(out / "summary.csv", to_csv(rows, keys))
+        files.insert(0, str(out / "summary.csv"))
     failed = [r for r in records if r.summary.get("status", "ok") != "ok"]
     if failed:
         text += ["## Runs that did not finish normally", ""]
         text += [f"- `{r.path}`: {r.summary.get('status')}: {r.summary.get('message', '')}"
                  for r in failed]
         text.append("")
-    by_method: dict[str, list[Record]] = defaultdict(list)
-    for rec in records:
-        by_method[rec.method].append(rec)
-    for method, recs in by_method.items():
-        try:
-            spec = get_method(method)
-        except Exception:  # a run of a method this version no longer has
-            continue
-        if spec.report is not None:
-            section = spec.report(recs, out, options or {})
-            text += [section.get("markdown", ""), ""]
-            files += section.get("files", [])
     curves = epoch_curves(groups)
     if curves and not any("test_acc_vs" in f for f in files):
         files.append(str(line_plot(curves, out / "test_acc_vs_epoch.png", xlabel="epoch",
@@ -80,4 +84,4 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
         text += ["## Files", ""] + [f"- {Path(f).name}" for f in files]
     write_text(out / "report.md", "\n".join(text) + "\n")
     files.insert(0, str(out / "report.md"))
-    return {"runs": len(records), "files": files, "rows": rows, "keys": keys}
+    return {"runs": len(records), "files": files}

@@ -26,8 +26,8 @@ def line_plot(series: Series, path: str | Path, *, xlabel: str, ylabel: str, tit
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for label, (xs, ys, err) in series.items():
-        style = (styles or {}).get(label, {})
-        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=label, **style)
+        style = {"marker": "o", "markersize": 3, **(styles or {}).get(label, {})}
+        (line,) = ax.plot(xs, ys, label=label, **style)
         if err is not None and any(e and not math.isnan(e) for e in err):
             lo = [y - e for y, e in zip(ys, err)]
             hi = [y + e for y, e in zip(ys, err)]

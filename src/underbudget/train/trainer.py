@@ -178,14 +178,17 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def fit(self, loader, epochs: int, *, val_loader=None, eval_loaders: dict | None = None,
             stage: int | None = None, select: str | None = None,
-            patience: int | None = None, reset_optimizer: bool = False) -> dict:
+            patience: int | None = None, reset_optimizer: bool = False,
+            epoch_evals: tuple[str, ...] = ("test",)) -> dict:
         """Train one stage for ``epochs`` epochs and return the stage's metrics.
 
         Args:
             loader: training loader (``set_epoch`` seeds order and augmentation).
             val_loader: validation data for selection and early stopping.
             eval_loaders: further named loaders evaluated at the end of the stage (e.g.
-                ``{"test": ..., "train": ...}``; per epoch too when ``train.eval_every`` > 0).
+                ``{"test": ..., "train": ...}``).
+            epoch_evals: names in ``eval_loaders`` also evaluated every ``train.eval_every``
+                epochs (validation data always is, for selection and early stopping).
             stage: stage index (default: the next one).
             select: ``best`` (best validation epoch) or ``last``; default from config.
             patience: early stopping patience in evaluations; default from config.
@@ -238,8 +241,9 @@ class Trainer:
                 if val_loader is not None:
                     last.update(_prefixed("val", self.evaluate(val_loader)))
                 if self.cfg.eval_every > 0:
-                    for name, ev in eval_loaders.items():
-                        last.update(_prefixed(name, self.evaluate(ev)))
+                    for name in epoch_evals:
+                        if name in eval_loaders:
+                            last.update(_prefixed(name, self.evaluate(eval_loaders[name])))
                 if val_loader is not None:
                     stopped_early = self._track_best(last, epoch, select, patience)
             self.log("epoch", **last)
@@ -251,9 +255,11 @@ class Trainer:
                 self.log("early_stop", best_epoch=self._es["best_epoch"])
                 break
             self._checkpoint(stage_done=False)
-        if select == "best" and self._best is not None:
+        restored = select == "best" and self._best is not None
+        if restored:
             self._restore_best()
-        metrics = self._stage_metrics(last, epochs, val_loader, eval_loaders, stopped_early, t0)
+        metrics = self._stage_metrics(last, epochs, val_loader, eval_loaders, stopped_early, t0,
+                                      reuse=not restored and not stopped_early)
         self._call("after_stage", stage, metrics)
         self.log("stage_end", **metrics)
         self.history.append(metrics)
@@ -290,9 +296,9 @@ class Trainer:
                 loss, logits = self.loss_fn(self, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._call("before_optimizer_step")  # masks gradients: clip what will be applied
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self._call("before_optimizer_step")
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -343,14 +349,20 @@ class Trainer:
                 cb.load_state_dict(self._best["callbacks"][cb.key])
 
     def _stage_metrics(self, last: dict, epochs: int, val_loader, eval_loaders: dict,
-                       stopped_early: bool, t0: float) -> dict:
+                       stopped_early: bool, t0: float, reuse: bool) -> dict:
+        """Evaluate the stage's final (or restored best) weights; reuse the last epoch's
+        evaluation when the weights are those it saw."""
         metrics = {"stage": self.stage, "epochs_run": self.epoch, "planned_epochs": epochs,
                    "stopped_early": stopped_early, "best_epoch": self._es["best_epoch"],
                    "train_loss": last.get("train_loss"), "steps": self.step}
+        named = dict(eval_loaders)
         if val_loader is not None:
-            metrics.update(_prefixed("val", self.evaluate(val_loader)))
-        for name, ev in eval_loaders.items():
-            metrics.update(_prefixed(name, self.evaluate(ev)))
+            named = {"val": val_loader, **named}
+        for name, ev in named.items():
+            if reuse and f"{name}_acc" in last:
+                metrics.update({k: v for k, v in last.items() if k.startswith(f"{name}_")})
+            else:
+                metrics.update(_prefixed(name, self.evaluate(ev)))
         metrics["stage_time"] = time.perf_counter() - t0
         return metrics
 

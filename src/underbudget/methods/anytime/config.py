@@ -1,0 +1,80 @@
+"""Settings of the anytime (ALMA) method; the APP paper's choices are the defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import ConfigError, MethodConfig
+from ...errors import unknown
+
+REPLAY_HELP = "full | none | window:K | buffer:N"
+SCORE_SOURCES = ("newest", "replay")
+
+
+@dataclass
+class AnytimeConfig(MethodConfig):
+    """Anytime learning over a stream of megabatches.
+
+    Per-stage epochs, selection (``train.select``) and early stopping (``train.patience``)
+    come from the ``train`` section; the LR schedule in ``optim`` restarts every stage.
+    """
+
+    name: str = "anytime"
+    strategy: str = "app"  # dense | osp | app | gmp | rigl | set | imp | d2sparse
+    megabatches: int = 8  # T
+    tau: float = 4.5  # final density 0.8**tau (APP); ignored when d_final is set
+    d_final: float | None = None
+    d_start: float | None = None  # APP's first-stage density (default 0.8 = 0.8**1)
+    shape: str = "geometric"  # geometric | linear | cubic (APP schedule shape)
+    class_balanced: bool = False  # class-balanced megabatches
+    val_fraction: float = 0.1  # of each megabatch, never augmented
+    replay: str = "full"  # full | none | window:K | buffer:N
+    warm_start: bool = True  # False: re-initialise the (masked) weights every stage
+    reset_optimizer: bool = False  # fresh optimizer state every stage (APP kept one)
+    criterion: str = "snip"  # scoring criterion for osp/app (any of the sparsity engine's)
+    scope: str = "global"  # global | layerwise | erk | er
+    score_fraction: float = 0.2  # of the stage's training data used to score
+    score_source: str = "newest"  # newest megabatch | replay (all data trained on this stage)
+    score_batch_size: int = 256
+    exclude_first: bool = False
+    exclude_last: bool = False
+    interval: int = 100  # steps between mask updates (gmp, rigl, set)
+    alpha: float = 0.3  # rigl/set drop fraction
+    t_end: float = 0.75  # rigl/set: fraction of the stream after which masks freeze
+    gmp_end: float = 0.75  # gmp: fraction of the stream where the final density is reached
+    eval_train: bool = True  # clean training accuracy (for the generalization gap)
+    save_masks: bool = True
+
+    def validate(self, cfg) -> None:
+        """Reject impossible streams and unknown names early, with the fix."""
+        from .strategies import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise unknown("anytime strategy (method.strategy)", self.strategy, STRATEGIES)
+        if self.megabatches < 1:
+            raise ConfigError(f"method.megabatches (T) must be >= 1, got {self.megabatches}")
+        if self.d_final is None and self.tau <= 0:
+            raise ConfigError(f"method.tau must be > 0 (final density 0.8**tau), got {self.tau}")
+        if self.d_final is not None and not 0 < self.d_final <= 1:
+            raise ConfigError(f"method.d_final must be in (0, 1], got {self.d_final}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"method.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.score_fraction <= 1:
+            raise ConfigError(
+                f"method.score_fraction must be in (0, 1], got {self.score_fraction}")
+        if self.score_source not in SCORE_SOURCES:
+            raise unknown("score source (method.score_source)", self.score_source,
+                          SCORE_SOURCES)
+        from ...data.stream import Replay
+
+        Replay.parse(self.replay)
+        if cfg.train.select == "best" and self.val_fraction == 0:
+            raise ConfigError("train.select=best needs method.val_fraction > 0")
+        if cfg.data.val_fraction:
+            raise ConfigError(
+                "the anytime method splits validation data from each megabatch: set "
+                "method.val_fraction instead of data.val_fraction")
+
+    def final_density(self) -> float:
+        """Target density at the end of the stream."""
+        return self.d_final if self.d_final is not None else 0.8 ** self.tau

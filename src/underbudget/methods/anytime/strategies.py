@@ -1,0 +1,201 @@
+"""Anytime strategies: how a network is made sparse while the megabatches arrive.
+
+Every strategy runs in the same loop with the same stream, seeds and budgets; they differ
+only in the callbacks (and, for two-network strategies, the model and loss) they set up.
+
+- ``dense``: no pruning.
+- ``osp``: one-shot pruning to the final density before training on B_1 (criterion on a
+  scoring subset of B_1, weights at init); the mask then stays fixed.
+- ``app``: before each megabatch b, score the weights as trained on the previous stage
+  (random init at b = 1) and prune the alive weights down to d_b (nested masks),
+  d_b = 0.8^{tau_b}, tau_b = linspace(1, tau, T).
+- ``gmp``: gradual magnitude pruning (cubic) over the whole stream.
+- ``rigl`` / ``set``: dynamic sparse training at the final density from the start (ERK).
+- ``imp``: per megabatch, train, prune by magnitude to d_b, rewind the survivors to their
+  values at the start of the stage and retrain (two trainer stages per megabatch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ... import sparsity
+from ...train.callbacks import Callback
+
+
+@dataclass
+class StreamContext:
+    """What a strategy may use: settings, the stream plan and the data."""
+
+    cfg: Any
+    acfg: Any
+    plan: Any
+    densities: list[float]  # progressive schedule d_b (APP, IMP); the last is the target
+    scheduled: list[float]  # what this strategy's density should be after each megabatch
+    total_steps: int  # planned optimizer steps over the whole stream
+    targets: Any
+    score_batches: Callable[[int], list]  # megabatch index -> [(x, y), ...]
+    seed: int
+    input_shape: tuple[int, ...] = ()  # one example's shape (C, H, W)
+
+
+@dataclass
+class StrategySetup:
+    """What the anytime loop needs from a strategy."""
+
+    model: torch.nn.Module  # the module the trainer trains
+    masks: Any  # MaskSet of the deployed network (measurement), None when not sparse
+    callbacks: list[Callback] = field(default_factory=list)
+    loss_fn: Callable | None = None
+    eval_forward: Callable | None = None
+    deployed: torch.nn.Module | None = None  # the one network that would be deployed
+    train_cost_factor: float = 1.0  # networks trained per step (two-network methods: 2)
+    stages_per_megabatch: int = 1
+    on_stage: Callable | None = None  # (trainer, megabatch, phase) before a stage trains
+
+    def deployed_model(self) -> torch.nn.Module:
+        return self.deployed if self.deployed is not None else self.model
+
+
+StrategyFactory = Callable[[StreamContext, torch.nn.Module], StrategySetup]
+STRATEGIES: dict[str, StrategyFactory] = {}
+
+
+def register_strategy(name: str):
+    """Decorator: ``factory(ctx, model) -> StrategySetup`` becomes anytime strategy ``name``."""
+
+    def wrap(fn: StrategyFactory) -> StrategyFactory:
+        STRATEGIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _masked(ctx: StreamContext, model: torch.nn.Module) -> tuple[Any, Callback]:
+    masks = sparsity.MaskSet.from_model(model, ctx.targets)
+    return masks, sparsity.MaskCallback(masks)
+
+
+def _prune(ctx: StreamContext, trainer, masks, density: float, b: int,
+           criterion: str | None = None) -> None:
+    crit = criterion or ctx.acfg.criterion
+    needs = sparsity.NEEDS.get(crit, ())
+    data = ctx.score_batches(b) if "data" in needs else None
+    extra = {"input_shape": ctx.input_shape} if "input_shape" in needs else {}
+    sparsity.prune(trainer.model, density, criterion=crit, scope=ctx.acfg.scope, data=data,
+                   targets=ctx.targets, masks=masks, seed=ctx.seed + 7919 * (b + 1), **extra)
+    trainer.log("prune", megabatch=b, criterion=crit, scheduled=density,
+                measured=masks.density())
+
+
+@register_strategy("dense")
+def dense(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    return StrategySetup(model=model, masks=None)
+
+
+@register_strategy("osp")
+def osp(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    masks, cb = _masked(ctx, model)
+    final = ctx.densities[-1]
+
+    def on_stage(trainer, b: int, phase: int) -> None:
+        if b == 0:
+            _prune(ctx, trainer, masks, final, b)
+
+    return StrategySetup(model=model, masks=masks, callbacks=[cb], on_stage=on_stage)
+
+
+@register_strategy("app")
+def app(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    masks, cb = _masked(ctx, model)
+
+    def on_stage(trainer, b: int, phase: int) -> None:
+        _prune(ctx, trainer, masks, ctx.densities[b], b)
+
+    return StrategySetup(model=model, masks=masks, callbacks=[cb], on_stage=on_stage)
+
+
+@register_strategy("gmp")
+def gmp(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    a = ctx.acfg
+    dt, n = gmp_steps(a, ctx.total_steps)
+    cb = sparsity.GradualMagnitude(ctx.densities[-1], d_initial=1.0, t0=0, n=n, dt=dt,
+                                   scope=a.scope, targets=ctx.targets)
+    cb.setup(_Holder(model))
+    return StrategySetup(model=model, masks=cb.masks, callbacks=[cb])
+
+
+def gmp_steps(acfg, total_steps: int) -> tuple[int, int]:
+    """(Δt, n) of the cubic schedule: the final density is reached at ``gmp_end`` of the
+    stream; Δt is ``interval`` unless the stream is too short for it."""
+    end = max(1, round(acfg.gmp_end * total_steps))
+    dt = max(1, min(acfg.interval, end))
+    return dt, max(1, end // dt)
+
+
+def _dynamic(kind: str, ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    a = ctx.acfg
+    cls = sparsity.RigL if kind == "rigl" else sparsity.SET
+    cb = cls(density=ctx.densities[-1], update_interval=a.interval, alpha=a.alpha,
+             t_end=a.t_end, total_steps=ctx.total_steps, init="erk", targets=ctx.targets,
+             seed=ctx.seed)
+    cb.setup(_Holder(model))
+    return StrategySetup(model=model, masks=cb.masks, callbacks=[cb])
+
+
+@register_strategy("rigl")
+def rigl(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    return _dynamic("rigl", ctx, model)
+
+
+@register_strategy("set")
+def set_(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    return _dynamic("set", ctx, model)
+
+
+class RewindPoint(Callback):
+    """Holds the weights at the start of each IMP stage (checkpointed, so resume is exact)."""
+
+    name = "imp_rewind"
+
+    def __init__(self):
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = state.get("weights")
+
+
+@register_strategy("imp")
+def imp(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
+    masks, cb = _masked(ctx, model)
+    rewind = RewindPoint()
+
+    def on_stage(trainer, b: int, phase: int) -> None:
+        net = trainer.model
+        if phase == 0:
+            rewind.weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            return
+        _prune(ctx, trainer, masks, ctx.densities[b], b, criterion="magnitude")
+        state = net.state_dict()
+        with torch.no_grad():
+            for key, value in rewind.weights.items():
+                state[key].copy_(value)
+        masks.apply(net)
+        trainer.log("rewind", megabatch=b)
+
+    return StrategySetup(model=model, masks=masks, callbacks=[cb, rewind], on_stage=on_stage,
+                         stages_per_megabatch=2)
+
+
+class _Holder:
+    """Minimal trainer stand-in for binding masks to a model before training starts."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
