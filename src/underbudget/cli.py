@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import UnderbudgetError
 
-DEMO_PRESET = "demo"
+DEMO_PRESET = "app-demo"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list presets, models, datasets or methods")
     lst.add_argument("what", choices=["presets", "models", "datasets", "methods"])
 
-    demo = sub.add_parser("demo", help="run the demo preset on Fashion-MNIST")
+    demo = sub.add_parser("demo", help="run the app-demo preset (APP vs OSP vs dense, Fashion-MNIST)")
     demo.add_argument("overrides", nargs="*")
     demo.add_argument("--out")
     demo.add_argument("--force", action="store_true")
@@ -164,7 +164,12 @@ def cmd_demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``underbudget`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides given after options (run tiny --out X seed=1)
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         if args.command == "run":
             return cmd_run(args)
