@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list presets, models, datasets or methods")
     lst.add_argument("what", choices=["presets", "models", "datasets", "methods"])
 
-    demo = sub.add_parser("demo", help="run the app-demo preset (APP vs OSP vs dense, Fashion-MNIST)")
+    demo = sub.add_parser("demo", help="run app-demo (APP vs OSP vs dense on Fashion-MNIST)")
     demo.add_argument("overrides", nargs="*")
     demo.add_argument("--out")
     demo.add_argument("--force", action="store_true")

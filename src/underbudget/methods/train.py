@@ -14,6 +14,7 @@ from ..models import save_weights
 from ..runs import Run
 from .common import build_model, eval_loader, make_trainer, prepare_data, train_loader
 from .registry import register_method
+from .sparse_setup import check_sparsity
 
 
 @dataclass
@@ -23,6 +24,10 @@ class TrainMethodConfig(MethodConfig):
     name: str = "train"
     save_weights: bool = True  # keep final weights (and masks) as safetensors artifacts
     eval_train: bool = True  # clean (un-augmented) training accuracy for the generalization gap
+
+    def validate(self, cfg: ExperimentConfig) -> None:
+        """Check the ``sparsity`` section this method applies."""
+        check_sparsity(cfg.sparsity)
 
 
 @register_method("train", TrainMethodConfig,

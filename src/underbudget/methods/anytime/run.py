@@ -18,8 +18,8 @@ from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, generator
 from ..common import build_model, eval_loader, make_trainer, prepare_data, train_loader
 from .plan import StreamPlan, plan_stream
-from .stream_callback import StreamCallback
 from .strategies import STRATEGIES, StreamContext, gmp_steps
+from .stream_callback import StreamCallback
 
 
 def _schedule(a, T: int) -> list[float]:
