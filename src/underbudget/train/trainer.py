@@ -100,6 +100,7 @@ class Trainer:
         self._best: dict | None = None
         self._es = {"best": -math.inf, "bad": 0, "best_epoch": -1}
         self._last: dict = {}
+        self.timers = {"train": 0.0, "eval": 0.0}  # cumulative seconds (wall clock)
 
     # ----------------------------------------------------------------- plumbing
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -124,10 +125,13 @@ class Trainer:
 
     def evaluate(self, loader, return_logits: bool = False) -> dict:
         """Evaluate the deployed network on ``loader`` (whole set)."""
-        return evaluate(self.model, loader, device=self.device, amp=self.cfg.amp,
-                        return_logits=return_logits,
-                        forward=self.eval_forward or self.forward,
-                        channels_last=self.cfg.channels_last and self.device.type == "cuda")
+        t0 = time.perf_counter()
+        out = evaluate(self.model, loader, device=self.device, amp=self.cfg.amp,
+                       return_logits=return_logits,
+                       forward=self.eval_forward or self.forward,
+                       channels_last=self.cfg.channels_last and self.device.type == "cuda")
+        self.timers["eval"] += time.perf_counter() - t0
+        return out
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -146,6 +150,7 @@ class Trainer:
             "best": self._best,
             "es": dict(self._es),
             "last": self._last,
+            "timers": dict(self.timers),
         }
 
     def _checkpoint(self, stage_done: bool) -> None:
@@ -168,6 +173,7 @@ class Trainer:
         self.optimizer.load_state_dict(r["optimizer"])
         self.step = int(r["step"])
         self.history = list(r["history"])
+        self.timers.update(r.get("timers") or {})
         for cb in self.callbacks:
             if cb.key in r["callbacks"]:
                 cb.load_state_dict(r["callbacks"][cb.key])
@@ -312,6 +318,7 @@ class Trainer:
                 self._guard(float(loss_sum.item()) / max(1, seen))
             if hasattr(bar, "set_postfix") and (i + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        self.timers["train"] += time.perf_counter() - t0
         return {
             "train_loss": float(loss_sum.item()) / max(1, seen),
             "train_acc_running": int(correct.item()) / max(1, seen),
@@ -364,6 +371,8 @@ class Trainer:
             else:
                 metrics.update(_prefixed(name, self.evaluate(ev)))
         metrics["stage_time"] = time.perf_counter() - t0
+        metrics["time_train"] = self.timers["train"]
+        metrics["time_eval"] = self.timers["eval"]
         return metrics
 
     # ----------------------------------------------------------------- progress

@@ -116,6 +116,9 @@ def run_anytime(cfg: ExperimentConfig, run: Run) -> dict:
         final_flops_nonzero=last["flops_nonzero"],
         flops_dense=last["flops_dense"],
         train_time=last["wall_time_cumulative"],
+        time_train=last["time_train"],
+        time_eval=last["time_eval"],
+        time_prune=last["time_prune"],
         test_size=len(data.test),
     )
     summary["density_per_stage"] = [s["density"] for s in stages]

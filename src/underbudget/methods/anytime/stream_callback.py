@@ -29,6 +29,7 @@ class StreamCallback(Callback):
         self.per_megabatch = setup.stages_per_megabatch
         self.train_flops = 0.0
         self.wall = 0.0
+        self.prune_time = 0.0
         self.init_state: dict[str, torch.Tensor] | None = None
         self._profile = None
         self._flops_key: Any = None
@@ -61,8 +62,10 @@ class StreamCallback(Callback):
 
     def before_stage(self, trainer, stage: int) -> None:
         b, phase = self.megabatch(stage)
+        t0 = time.perf_counter()
         if self.setup.on_stage is not None:
             self.setup.on_stage(trainer, b, phase)
+        self.prune_time += time.perf_counter() - t0
         if self.init_state is not None and b > 0 and phase == 0:
             self.setup.model.load_state_dict(self.init_state)
             if self.setup.masks is not None:
@@ -106,6 +109,7 @@ class StreamCallback(Callback):
         metrics["train_examples"] = int(self.ctx.plan.stage_train[b].numel())
         metrics["train_flops_cumulative"] = self.train_flops
         metrics["wall_time_cumulative"] = self.wall
+        metrics["time_prune"] = self.prune_time
         if "train_acc" in metrics and "test_acc" in metrics:
             metrics["gap_train_test"] = metrics["train_acc"] - metrics["test_acc"]
         if "train_acc" in metrics and "val_acc" in metrics:
@@ -119,8 +123,10 @@ class StreamCallback(Callback):
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        return {"train_flops": self.train_flops, "wall": self.wall}
+        return {"train_flops": self.train_flops, "wall": self.wall,
+                "prune_time": self.prune_time}
 
     def load_state_dict(self, state: dict) -> None:
         self.train_flops = float(state.get("train_flops", 0.0))
         self.wall = float(state.get("wall", 0.0))
+        self.prune_time = float(state.get("prune_time", 0.0))
