@@ -88,6 +88,7 @@ class TrainConfig:
     checkpoint: bool = True  # checkpoint every epoch so an interrupted run resumes
     max_loss: float = 1e4  # divergence guard: stop when the running loss exceeds this
     progress: bool = True
+    trackers: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
 
 
 @dataclass
