@@ -40,8 +40,11 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     )
 
 
-def require(package: str, extra: str, purpose: str):
-    """Import an optional package or raise one clear MissingDependencyError."""
+def require(package: str, extra: str, purpose: str, dist: str | None = None):
+    """Import an optional package or raise one clear MissingDependencyError.
+
+    ``dist`` is the name to ``pip install`` when it differs from the import name.
+    """
     import importlib
 
     try:
@@ -49,5 +52,5 @@ def require(package: str, extra: str, purpose: str):
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(
             f"{purpose} needs the optional package {package!r}: "
-            f"pip install 'underbudget[{extra}]' (or pip install {package})"
+            f"pip install 'underbudget[{extra}]' (or pip install {dist or package})"
         ) from exc
