@@ -25,7 +25,7 @@ def test_run_skip_show_report(tmp_path, capsys):
     assert summary["status"] == "ok" and 0 <= summary["test_acc"] <= 1
     env = json.loads((path / "env.json").read_text())
     assert env["versions"]["torch"] and "commit" in env["git"]
-    assert not (path / "checkpoint.json").exists()  # dropped once finished
+    assert not (path / "checkpoint.safetensors").exists()  # dropped once finished
     capsys.readouterr()
     assert main(["run", "tiny", "--out", str(tmp_path), "train.epochs=1"]) == 0
     assert "already finished" in capsys.readouterr().err

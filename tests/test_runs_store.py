@@ -32,13 +32,11 @@ def test_tree_round_trip_keeps_types(tmp_path):
         assert torch.equal(back["model"][k], v)
 
 
-def test_tree_refuses_mismatched_parts(tmp_path):
-    save_tree(tmp_path / "ck", {"a": torch.ones(3)})
-    save_tree(tmp_path / "other", {"a": torch.ones(30)})
-    (tmp_path / "other.safetensors").replace(tmp_path / "ck.safetensors")
-    with pytest.raises(CheckpointError, match="does not match"):
-        load_tree(tmp_path / "ck")
-    (tmp_path / "ck.json").write_text("{broken")
+def test_tree_is_one_file_and_refuses_corruption(tmp_path):
+    save_tree(tmp_path / "ck", {"a": torch.ones(3), "step": 7})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]
+    data = (tmp_path / "ck.safetensors").read_bytes()
+    (tmp_path / "ck.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_tree(tmp_path / "ck")
 

@@ -120,7 +120,7 @@ def cmd_show(args) -> int:
     print(f"data:    {cfg.get('data', {}).get('name')}  model: {cfg.get('model', {}).get('name')}")
     summary = run.read_summary()
     if summary is None:
-        state = "interrupted (will resume)" if (run.path / "checkpoint.json").exists() \
+        state = "interrupted (will resume)" if (run.path / "checkpoint.safetensors").exists() \
             else "not finished"
         print(f"status:  {state}; {len(run.events())} events logged")
     else:

@@ -6,7 +6,7 @@ A run directory holds::
     env.json         versions, device, git commit, command line
     metrics.jsonl    one JSON object per event (step/epoch/stage/...)
     summary.json     written last; its presence marks the run finished
-    checkpoint.*     latest training state (safetensors + JSON), removed when finished
+    checkpoint.safetensors  latest training state (tensors + JSON metadata), removed when done
     artifacts/       weights, masks, indices, plots a method chooses to keep
     <child>/         nested runs (levels, variants, sweep members)
 
@@ -153,8 +153,7 @@ class Run:
 
     def clear_checkpoint(self) -> None:
         """Remove the resume state."""
-        for suffix in (".json", ".safetensors"):
-            self.checkpoint_path.with_suffix(suffix).unlink(missing_ok=True)
+        self.checkpoint_path.with_suffix(".safetensors").unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"

@@ -1,7 +1,7 @@
-"""Save nested state (dicts, lists, tensors, numbers) as safetensors + JSON, never pickle.
+"""Save nested state (dicts, lists, tensors, numbers) as safetensors, never pickle.
 
 Tensors go into one ``.safetensors`` file under generated keys; the structure and every
-non-tensor value go into a JSON file beside it. Dict keys that are not strings (optimizer
+non-tensor value go, as JSON, into that file's metadata. Dict keys that are not strings (optimizer
 state is keyed by integers) and tuples are encoded explicitly so they round-trip exactly.
 """
 
@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..utils.atomic import atomic_path, write_text
+from ..utils.atomic import atomic_path
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -64,41 +65,34 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_tree(path: str | Path, tree: Any) -> None:
-    """Write ``tree`` to ``path.safetensors`` and ``path.json`` atomically (JSON last)."""
+    """Write ``tree`` to ``path.safetensors`` in one atomic file.
+
+    The structure (and every non-tensor value) is JSON in the file's metadata, so tensors and
+    structure can never come from two different saves.
+    """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    structure = _encode(tree, tensors)
+    structure = json.dumps(_encode(tree, tensors))
     with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp))
-    # the JSON is written last and names the tensor file's size: a reader never pairs a new
-    # structure with an old tensor file
-    size = path.with_suffix(".safetensors").stat().st_size
-    write_text(path.with_suffix(".json"), json.dumps({"tensor_bytes": size, "tree": structure}))
+        save_file(tensors, str(tmp), metadata={"underbudget_tree": structure})
 
 
 def load_tree(path: str | Path) -> Any:
-    """Read what :func:`save_tree` wrote; CheckpointError when missing parts or corrupt."""
-    path = Path(path)
-    meta_path, data_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    """Read what :func:`save_tree` wrote; CheckpointError when missing or corrupt."""
+    path = Path(path).with_suffix(".safetensors")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if data_path.stat().st_size != meta["tensor_bytes"]:
-            raise CheckpointError(
-                f"checkpoint {data_path} does not match {meta_path} (different sizes); "
-                "delete both files to restart from the previous stage"
-            )
-        tensors = load_file(str(data_path))
-    except CheckpointError:
-        raise
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        structure = json.loads(meta["underbudget_tree"])
     except Exception as exc:
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
             "delete it to start the run again"
         ) from None
-    return _decode(meta["tree"], tensors)
+    return _decode(structure, tensors)
 
 
 def tree_exists(path: str | Path) -> bool:
-    """Whether a complete tree was written at ``path``."""
-    path = Path(path)
-    return path.with_suffix(".json").exists() and path.with_suffix(".safetensors").exists()
+    """Whether a tree was written at ``path``."""
+    return Path(path).with_suffix(".safetensors").exists()
