@@ -7,6 +7,10 @@ import os
 import pytest
 import torch
 
+# Tests use tiny tensors, where a second thread costs more in synchronisation than it gains
+# (and thrashes when the machine is busy).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seeded_cpu(monkeypatch, tmp_path_factory):

@@ -104,7 +104,7 @@ class SparsityConfig:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     score_batches: int = 10
-    iterations: int = 1  # pruning-at-init rounds (SynFlow uses 100)
+    iterations: int | None = None  # pruning-at-init rounds (default: 100 for SynFlow, else 1)
     start: float = 0.0  # gradual: fraction of training where pruning starts
     end: float = 0.75  # gradual: fraction where the final density is reached
     interval: int = 100  # steps between mask updates (gradual, set, rigl)

@@ -1,0 +1,437 @@
+"""``lottery``: iterative magnitude pruning with rewinding (lottery tickets).
+
+Level 0 trains the dense network. Each later level removes ``rate`` of the weights that are
+still alive (global magnitude by default, scored on the previous level's trained weights),
+rewinds the survivors to the rewind point (the initialisation, or the weights after ``k``
+optimizer steps of level 0 with ``rewind: step:k``) and trains again with a fresh optimizer
+and learning-rate schedule. Level k keeps (1 - rate)^k of the prunable weights.
+
+Every level is a child run (``level-00``, ``level-01``, ...) with its own trainer, checkpoint,
+metrics, summary, weights and masks, so an interrupted run resumes inside the level it was
+training; finished levels are read back, not trained again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig, MethodConfig, to_dict
+from ..errors import ConfigError, unknown
+from ..models import load_weights, save_weights
+from ..runs import Run
+from ..sparsity import CRITERIA, SCOPES, MaskCallback, MaskSet, imp_densities, prune
+from ..train import Callback, resolve_device
+from ..utils.atomic import atomic_path, write_text
+from ..utils.seeding import derive_seed, seed_everything
+from .common import build_model, eval_loader, make_trainer, prepare_data, train_loader
+from .registry import register_method
+from .sparse_setup import (
+    TrainingFlops,
+    criterion_options,
+    scoring_batches,
+    sparse_summary,
+    targets_of,
+)
+
+#: per-level values kept in the parent summary's ``levels`` table
+LEVEL_KEYS = (
+    "level",
+    "target_density",
+    "density",
+    "density_all",
+    "mask_density",
+    "nonzeros",
+    "prunable_nonzeros",
+    "flops_dense",
+    "flops_nonzero",
+    "train_flops",
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "epochs_run",
+    "steps",
+    "stage_time",
+)
+
+
+@dataclass
+class LotteryConfig(MethodConfig):
+    """Iterative magnitude pruning with rewinding. Each level trains ``train.epochs`` epochs
+    with a fresh optimizer (optimizer state is never rewound)."""
+
+    name: str = "lottery"
+    levels: int = 5  # pruned levels after the dense level 0: densities (1 - rate)^1..levels
+    rate: float = 0.2  # fraction of the alive weights removed at each level
+    scope: str = "global"  # global | layerwise | erk | er
+    criterion: str = "magnitude"  # scored on the previous level's trained weights
+    rewind: str = "init"  # init | step:K (weights after K optimizer steps of level 0)
+    exclude_first: bool = False
+    exclude_last: bool = False
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    score_batches: int = 10  # training batches for data-driven criteria (snip, grasp, taylor)
+    eval_train: bool = False  # clean training accuracy of every level
+
+    def validate(self, cfg: ExperimentConfig) -> None:
+        """Reject settings IMP cannot run, naming the fix."""
+        if self.levels < 1:
+            raise ConfigError(f"method.levels must be >= 1 pruned level, got {self.levels}")
+        if not 0.0 < self.rate < 1.0:
+            raise ConfigError(
+                f"method.rate is the fraction of alive weights pruned per level, in (0, 1); "
+                f"got {self.rate}"
+            )
+        if self.scope not in SCOPES:
+            raise unknown("allocation (method.scope)", self.scope, SCOPES)
+        if self.criterion not in CRITERIA:
+            raise unknown("pruning criterion (method.criterion)", self.criterion, CRITERIA)
+        if self.score_batches < 1:
+            raise ConfigError(f"method.score_batches must be >= 1, got {self.score_batches}")
+        rewind_step(self.rewind)
+        if cfg.sparsity.method != "none":
+            raise ConfigError(
+                f"the lottery method prunes by its own settings (method.levels, method.rate, "
+                f"method.criterion, ...); remove sparsity.method={cfg.sparsity.method}"
+            )
+
+
+def rewind_step(rewind: str) -> int:
+    """Optimizer step the survivors are rewound to: 0 for ``init``, K for ``step:K``."""
+    text = str(rewind).strip().lower()
+    if text == "init":
+        return 0
+    if text.startswith("step:"):
+        try:
+            step = int(text[5:])
+        except ValueError:
+            step = -1
+        if step >= 0:
+            return step
+    raise ConfigError(
+        f"method.rewind={rewind!r} is not understood; use 'init' (rewind to the "
+        "initialisation) or 'step:K' (to the weights after K optimizer steps of level 0), "
+        "e.g. rewind=step:100"
+    )
+
+
+def level_densities(levels: int, rate: float) -> list[float]:
+    """Target density of every level, dense level 0 included: (1 - rate)^k."""
+    return [1.0, *imp_densities(levels, rate)]
+
+
+def level_name(level: int) -> str:
+    return f"level-{level:02d}"
+
+
+class RewindSaver(Callback):
+    """Saves the model's state after ``step`` optimizer steps (the late-rewinding point)."""
+
+    name = "rewind_saver"
+
+    def __init__(self, step: int, path: Path):
+        self.step, self.path = int(step), Path(path)
+
+    def after_optimizer_step(self, trainer: Any) -> None:
+        if trainer.step == self.step:
+            save_weights(trainer.model, self.path)
+
+
+class LevelMasks(MaskCallback):
+    """Enforces one level's fixed masks and tags its ``mask_update`` events with the level."""
+
+    def __init__(self, masks: MaskSet, level: int, target: float, input_shape):
+        super().__init__(masks, input_shape=input_shape)
+        self.tags = {"level": level, "target_density": target}
+
+    def on_change(self, trainer: Any, **extra: Any) -> None:
+        super().on_change(trainer, **self.tags, **extra)
+
+
+def run_lottery(cfg: ExperimentConfig, run: Run) -> dict:
+    """Train level 0 dense, then prune, rewind and retrain level by level."""
+    m = cfg.method
+    data = prepare_data(cfg, run)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, data).to(device)
+    shape = tuple(data.image_shape)
+    loader = train_loader(cfg, data.train, data.splits, device)
+    evals = {"test": eval_loader(cfg, data.test, data.splits, device)}
+    if m.eval_train:
+        evals["train"] = eval_loader(cfg, data.train, data.splits, device)
+    val = eval_loader(cfg, data.val, data.splits, device) if data.val is not None else None
+    k = rewind_step(m.rewind)
+    total = cfg.train.epochs * len(loader)
+    if k > total:
+        raise ConfigError(
+            f"method.rewind=step:{k} is past the end of level 0 ({total} optimizer steps); "
+            f"choose a step <= {total}"
+        )
+    init_path = run.artifact("init.safetensors")
+    if init_path.exists():
+        load_weights(model, init_path)
+    else:
+        save_weights(model, init_path)
+    rewind_path = init_path if k == 0 else run.artifact(f"rewind-step-{k}.safetensors")
+    densities = level_densities(m.levels, m.rate)
+    rows = []
+    for level, density in enumerate(densities):
+        child = run.child(level_name(level))
+        if child.is_finished():
+            rows.append(child.read_summary())
+            continue
+        masks = _level_masks(cfg, run, model, level, density, data, loader, device)
+        if level > 0:
+            if not rewind_path.exists():
+                raise ConfigError(
+                    f"the rewind point {rewind_path.name} was not saved: level 0 stopped before "
+                    f"step {k}; lower the step in method.rewind or turn off early stopping"
+                )
+            load_weights(model, rewind_path)
+        masks.apply(model)
+        seed_everything(derive_seed(cfg.seed, "lottery-level", level), cfg.train.deterministic)
+        child.start(to_dict(cfg), device=device)
+        callbacks = [LevelMasks(masks, level, density, shape), TrainingFlops(masks, shape)]
+        if level == 0 and k > 0:
+            callbacks.append(RewindSaver(k, rewind_path))
+        trainer = make_trainer(cfg, model, child, callbacks=callbacks)
+        result = trainer.fit(loader, cfg.train.epochs, val_loader=val, eval_loaders=evals)
+        trainer.finish()
+        masks.save(child.artifact("masks.safetensors"), {"level": str(level)})
+        save_weights(trainer.model, child.artifact("model.safetensors"))
+        summary = {k2: v for k2, v in result.items() if isinstance(v, int | float | bool | str)}
+        summary.update(sparse_summary(trainer.model, masks, data))
+        summary.update(
+            level=level,
+            target_density=density,
+            rewind=m.rewind,
+            name=cfg.name,
+            seed=cfg.seed,
+            status="ok",
+        )
+        child.write_summary(summary)
+        rows.append(summary)
+    return lottery_summary(rows, m)
+
+
+def _level_masks(
+    cfg: ExperimentConfig, run: Run, model, level: int, density: float, data, loader, device
+) -> MaskSet:
+    """Masks of ``level``: all kept at level 0; else the previous level's masks pruned by the
+    criterion on the previous level's trained weights (read from its artifacts)."""
+    m = cfg.method
+    targets = targets_of(m)
+    if level == 0:
+        return MaskSet.from_model(model, targets)
+    prev = run.child(level_name(level - 1))
+    load_weights(model, prev.artifact("model.safetensors"))
+    masks = MaskSet.load(prev.artifact("masks.safetensors"), model)
+
+    def data_fn():
+        return scoring_batches(cfg, data.train, loader, device, m.score_batches)
+
+    opts = criterion_options(m.criterion, data_fn, tuple(data.image_shape))
+    return prune(
+        model,
+        density,
+        m.criterion,
+        m.scope,
+        masks=masks,
+        seed=derive_seed(cfg.seed, "lottery-prune", level),
+        **opts,
+    )
+
+
+def lottery_summary(rows: list[dict], m: LotteryConfig) -> dict:
+    """The parent summary: the per-level table, the dense, best and sparsest levels."""
+    table = [{k: row[k] for k in LEVEL_KEYS if k in row} for row in rows]
+    by = "val_acc" if all("val_acc" in r for r in table) else "test_acc"
+    best = max(table, key=lambda r: (r.get(by, float("-inf")), r["level"]))  # ties: sparser
+    last = table[-1]
+    return {
+        "levels": table,
+        "best_by": by,
+        "best_level": best["level"],
+        "best_density": best["density"],
+        "best_test_acc": best["test_acc"],
+        "dense_test_acc": table[0]["test_acc"],
+        "final_density": last["density"],
+        "final_density_all": last["density_all"],
+        "final_flops_nonzero": last["flops_nonzero"],
+        "final_test_acc": last["test_acc"],
+        "train_flops": sum(r.get("train_flops", 0.0) for r in table),
+        "rewind": m.rewind,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def lottery_report(records: list, out_dir: Path, options: dict) -> dict:
+    """Accuracy vs density per level (mean ± sample std over seeds): a table, a CSV and a
+    plot with a log density axis, one line per setting."""
+    from ..report import group_by_setting, markdown, mean_std, numeric_keys, summarize
+
+    recs = [r for r in records if isinstance(r.summary.get("levels"), list)]
+    single = [r for r in records if r not in recs]  # level runs reported on their own
+    lines = []
+    if single:
+        keys = numeric_keys(single, options.get("keys"))
+        lines += [
+            "## Lottery levels",
+            "",
+            markdown(summarize(group_by_setting(single), keys), keys),
+        ]
+    if not recs:
+        return {"markdown": "\n".join(lines), "files": []}
+    out_dir = Path(out_dir)
+    cols = [
+        ("target_density", "target density"),
+        ("density", "density"),
+        ("density_all", "density (all params)"),
+        ("nonzeros", "nonzeros"),
+        ("flops_nonzero", "nonzero FLOPs"),
+        ("train_flops", "training FLOPs"),
+        ("test_acc", "test acc"),
+    ]
+    if all(all("val_acc" in row for row in r.summary["levels"]) for r in recs):
+        cols.append(("val_acc", "val acc"))
+    groups = group_by_setting(recs)
+    keys = [
+        "dense_test_acc",
+        "best_level",
+        "best_density",
+        "best_test_acc",
+        "final_density",
+        "final_test_acc",
+        "train_flops",
+    ]
+    lines += [
+        "## Lottery tickets: accuracy vs density",
+        "",
+        "Iterative magnitude pruning with rewinding; density is measured from the trained "
+        "weights and masks of each level (fraction of prunable weights kept). "
+        "Mean ± sample std over seeds.",
+        "",
+        "| setting | seeds | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for row in summarize(groups, keys):
+        lines.append(
+            f"| {row['setting']} | {row['seeds']} | "
+            + " | ".join(_fmt(row[key], key) for key in keys)
+            + " |"
+        )
+    lines.append("")
+    csv_rows = []
+    series = {}
+    for label, grecs in groups:
+        per_level: dict[int, list[dict]] = defaultdict(list)
+        for rec in grecs:
+            for row in rec.summary["levels"]:
+                per_level[int(row["level"])].append(row)
+        lines += [
+            f"### {label}",
+            "",
+            "| level | seeds | " + " | ".join(name for _, name in cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+        ]
+        xs, ys, errs = [], [], []
+        for level in sorted(per_level):
+            rows = per_level[level]
+            stats = {
+                key: mean_std([r[key] for r in rows if isinstance(r.get(key), int | float)])
+                for key, _ in cols
+            }
+            lines.append(
+                f"| {level} | {len(rows)} | "
+                + " | ".join(_fmt(stats[key], key) for key, _ in cols)
+                + " |"
+            )
+            csv_rows.append([label, level, len(rows)] + [x for key, _ in cols for x in stats[key]])
+            xs.append(stats["density"][0])
+            ys.append(stats["test_acc"][0])
+            errs.append(stats["test_acc"][1])
+        lines.append("")
+        series[label] = (xs, ys, errs)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        ["setting", "level", "seeds"] + [f"{key}{s}" for key, _ in cols for s in ("_mean", "_std")]
+    )
+    writer.writerows(csv_rows)
+    write_text(out_dir / "lottery_levels.csv", buf.getvalue())
+    plot = plot_levels(series, out_dir / "lottery_test_acc_vs_density.png")
+    return {
+        "markdown": "\n".join(lines) + "\n",
+        "files": [str(out_dir / "lottery_levels.csv"), str(plot)],
+    }
+
+
+register_method(
+    "lottery",
+    LotteryConfig,
+    "lottery tickets: iterative magnitude pruning with rewinding (a child run per level)",
+    report=lottery_report,
+)(run_lottery)
+
+
+def _fmt(stat: tuple[float, float], key: str) -> str:
+    """Counts as integers, FLOPs in scientific notation, the rest like the report tables."""
+    from ..report.table import fmt
+
+    mean, std = stat
+    if key in ("nonzeros", "best_level") and std == 0 and mean == int(mean):
+        return str(int(mean))
+    if "flops" in key and mean == mean:
+        return f"{mean:.3g}" if std == 0 else f"{mean:.3g} ± {std:.2g}"
+    return fmt(stat)
+
+
+def plot_levels(series: dict, path: Path) -> Path:
+    """Test accuracy vs density on a log axis running from dense (left) to sparse (right),
+    ticked at the levels' densities; ``series`` maps a label to (densities, means, stds)."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ticks: list[float] = []
+    for label, (xs, ys, errs) in series.items():
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=label)
+        if any(e and not math.isnan(e) for e in errs):
+            ax.fill_between(
+                xs,
+                [y - e for y, e in zip(ys, errs)],
+                [y + e for y, e in zip(ys, errs)],
+                alpha=0.2,
+                color=line.get_color(),
+            )
+        ticks = sorted(set(ticks) | {x for x in xs if x > 0}, reverse=True)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    step = max(1, math.ceil(len(ticks) / 10))
+    shown = ticks[::step]
+    ax.xaxis.set_major_locator(FixedLocator(shown))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{100 * t:.3g}%" for t in shown])
+    ax.set_xlabel("density: prunable weights kept (log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Lottery tickets: test accuracy vs density")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
