@@ -72,3 +72,12 @@ def test_dry_run_prints_resolved_config(capsys):
     assert main(["run", "app-demo", "--dry-run", "method.megabatches=4"]) == 0
     out = capsys.readouterr().out
     assert "megabatches: 4" in out and "strategy:" in out
+
+
+def test_sparse_run_report_has_mask_evolution(tmp_path):
+    assert main(["run", "tiny", "--out", str(tmp_path), "--quiet", "sparsity.method=rigl",
+                 "sparsity.density=0.3", "sparsity.interval=5", "train.epochs=2"]) == 0
+    (path,) = run_dirs(tmp_path)
+    for name in ("density_vs_step", "ever_active_vs_step", "iou_initial_vs_step"):
+        assert (path / "report" / f"{name}.png").stat().st_size > 1000
+    assert "ever_active" in (path / "report" / "report.md").read_text()

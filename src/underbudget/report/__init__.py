@@ -11,7 +11,8 @@ from .plots import line_plot
 from .table import markdown, mean_std, numeric_keys, summarize, to_csv
 
 __all__ = ["Record", "collect", "flatten", "group_by_setting", "line_plot", "markdown",
-           "mean_std", "numeric_keys", "summarize", "to_csv", "write_report", "epoch_curves"]
+           "mean_std", "numeric_keys", "summarize", "to_csv", "write_report", "epoch_curves",
+           "mask_plots"]
 
 
 def epoch_curves(groups, key: str = "test_acc") -> dict:
@@ -29,6 +30,26 @@ def epoch_curves(groups, key: str = "test_acc") -> dict:
         stats = [mean_std([s[i] for s in per_seed]) for i in range(n)]
         series[label] = (list(range(1, n + 1)), [m for m, _ in stats], [s for _, s in stats])
     return series
+
+
+def mask_plots(groups, out: Path) -> list[str]:
+    """Density and, for SET/RigL, mask evolution vs step from ``mask_update`` events."""
+    written = []
+    for key, ylabel, name in (("density", "density (prunable weights)", "density_vs_step"),
+                              ("ever_active", "fraction of weights ever active",
+                               "ever_active_vs_step"),
+                              ("iou_initial", "IoU with the initial mask", "iou_initial_vs_step"),
+                              ("iou_previous", "IoU with the previous mask",
+                               "iou_previous_vs_step")):
+        series = {}
+        for label, recs in groups:
+            events = [e for e in recs[0].events("mask_update") if key in e]
+            if events:
+                series[label] = ([e["step"] for e in events], [e[key] for e in events], None)
+        if series:
+            written.append(str(line_plot(series, out / f"{name}.png", xlabel="optimizer step",
+                                         ylabel=ylabel, title="Mask evolution (first seed)")))
+    return written
 
 
 def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | None = None,
@@ -76,6 +97,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
         text += [f"- `{r.path}`: {r.summary.get('status')}: {r.summary.get('message', '')}"
                  for r in failed]
         text.append("")
+    files += mask_plots(groups, out)
     curves = epoch_curves(groups)
     if curves and not any("test_acc_vs" in f for f in files):
         files.append(str(line_plot(curves, out / "test_acc_vs_epoch.png", xlabel="epoch",
