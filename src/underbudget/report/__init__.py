@@ -44,8 +44,11 @@ def mask_plots(groups, out: Path) -> list[str]:
         series = {}
         for label, recs in groups:
             events = [e for e in recs[0].events("mask_update") if key in e]
-            if events:
-                series[label] = ([e["step"] for e in events], [e[key] for e in events], None)
+            sources = sorted({str(e.get("source", "")) for e in events})
+            for source in sources:  # one line per mask owner (e.g. D2-Sparse's F and S)
+                mine = [e for e in events if str(e.get("source", "")) == source]
+                name_ = label if len(sources) == 1 else f"{label} [{source}]"
+                series[name_] = ([e["step"] for e in mine], [e[key] for e in mine], None)
         if series:
             written.append(str(line_plot(series, out / f"{name}.png", xlabel="optimizer step",
                                          ylabel=ylabel, title="Mask evolution (first seed)")))

@@ -167,6 +167,12 @@ class Trainer:
         self.run.save_checkpoint(state)
 
     def _start(self) -> None:
+        keys = [cb.key for cb in self.callbacks]
+        clash = sorted({k for k in keys if keys.count(k) > 1})
+        if clash:
+            raise UnderbudgetError(
+                f"two callbacks share the checkpoint key {clash[0]!r}; give each its own "
+                "`name` so their states are saved apart")
         self._started = True
         if self.run is not None and self.cfg.checkpoint:
             self._resume = self.run.load_checkpoint()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...config import ConfigError, MethodConfig
 from ...errors import unknown
@@ -44,6 +44,7 @@ class AnytimeConfig(MethodConfig):
     gmp_end: float = 0.75  # gmp: fraction of the stream where the final density is reached
     eval_train: bool = True  # clean training accuracy (for the generalization gap)
     save_masks: bool = True
+    d2sparse: dict = field(default_factory=dict)  # d2sparse strategy: D2-Sparse settings
 
     def validate(self, cfg) -> None:
         """Reject impossible streams and unknown names early, with the fix."""
