@@ -29,14 +29,6 @@ from underbudget.utils.seeding import derive_seed, generator
 SEED = 7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Net(nn.Module):
     """Tiny conv net with BatchNorm (buffers) and three prunable layers."""

@@ -38,13 +38,6 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_budgets_are_class_balanced_nested_and_shared_by_every_arm():
     cfg = load_config(BASE)

@@ -30,13 +30,6 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _run(tmp_path, *overrides):
     cfg = load_config(BASE, list(overrides))

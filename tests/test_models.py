@@ -19,16 +19,6 @@ from underbudget.models.lenet import lenet_geometry
 from underbudget.models.resnet_cifar import CifarBasicBlock, PadShortcut
 from underbudget.models.wrn import PreActBlock
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and threads stall on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SPEC_NAMES = [
     "mlp", "lenet5", "convnet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet18", "resnet34", "resnet50", "vgg11_bn", "vgg16_bn", "wrn", "wrn28_10", "wrn16_8",

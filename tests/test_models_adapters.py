@@ -16,15 +16,6 @@ from underbudget.models import create_model
 from underbudget.models.adapters import adapt_input_channels
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and threads stall on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_net(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(in_chans, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

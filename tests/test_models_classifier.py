@@ -16,16 +16,6 @@ from underbudget.models import (
     replace_classifier,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and threads stall on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CASES = [
     ("mlp", {"hidden": (12, 6)}, "fc", 6),
     ("lenet5", {}, "fc3", 84),

@@ -8,16 +8,6 @@ import torch
 from underbudget.models import create_model, load_weights
 from underbudget.models.resnet import Bottleneck
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and threads stall on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Entries of torchvision's resnet18(num_classes=1000).state_dict(), written out by hand.
 RESNET18 = {
     "conv1.weight": (64, 3, 7, 7),

@@ -14,15 +14,6 @@ from underbudget.errors import CheckpointError
 from underbudget.models import create_model, load_weights, read_state_dict, save_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and threads stall on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Opaque:
     """An arbitrary Python object that weights_only loading must refuse."""
 
