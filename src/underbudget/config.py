@@ -377,11 +377,12 @@ def load_config(source: str | dict, overrides: list[str] | dict | None = None) -
     return from_dict(values)
 
 
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → ``{'a.b': value}``."""
     if isinstance(values, dict):
         out: dict[str, Any] = {}
         for key, value in values.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: values}
 
@@ -390,7 +391,7 @@ def non_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
     """Flattened settings that differ from the defaults (the name excluded)."""
     ref = ExperimentConfig()
     ref.method = type(cfg.method)()
-    mine, base = _flatten(to_dict(cfg)), _flatten(to_dict(ref))
+    mine, base = flatten(to_dict(cfg)), flatten(to_dict(ref))
     return {k: v for k, v in mine.items() if k != "name" and base.get(k, object()) != v}
 
 

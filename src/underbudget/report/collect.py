@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from ..config import flatten
 from ..errors import UnderbudgetError
 
 
@@ -70,16 +70,6 @@ def collect(paths: list[str | Path], nested: bool = False) -> list[Record]:
             stack.extend(sorted((p for p in here.iterdir() if p.is_dir()
                                  and p.name not in ("artifacts", "report")), reverse=True))
     return sorted(records, key=lambda r: str(r.path))
-
-
-def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping → {'a.b': value}."""
-    if isinstance(values, dict):
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: values}
 
 
 IGNORED = {"seed", "train.progress", "train.device"}
