@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -72,7 +73,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (best is reported)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads of the batched loader"
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="torch threads of the batched loader (default: as many cores as the baseline's "
+        "2 workers use)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
