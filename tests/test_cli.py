@@ -81,3 +81,13 @@ def test_sparse_run_report_has_mask_evolution(tmp_path):
     for name in ("density_vs_step", "ever_active_vs_step", "iou_initial_vs_step"):
         assert (path / "report" / f"{name}.png").stat().st_size > 1000
     assert "ever_active" in (path / "report" / "report.md").read_text()
+
+
+def test_divergence_stops_the_run_with_a_clear_status(tmp_path, capsys):
+    assert main(["run", "tiny", "--out", str(tmp_path), "--quiet", "optim.lr=1e8",
+                 "optim.momentum=0.99", "train.max_loss=50"]) == 1
+    (path,) = run_dirs(tmp_path)
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "lower optim.lr" in summary["message"]
+    assert "diverged" in capsys.readouterr().err
+    assert "did not finish normally" in (path / "report" / "report.md").read_text()

@@ -100,3 +100,10 @@ def test_yaml_file_with_overrides(tmp_path):
 
 def test_default_config_is_valid():
     assert isinstance(from_dict({}), ExperimentConfig)
+
+
+def test_exponent_notation_without_a_dot_is_a_number():
+    cfg = from_dict({"optim": {"weight_decay": "5e-4", "lr": "1e-2"}})
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.lr == 0.01
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_dict({"optim": {"lr": "fast"}})

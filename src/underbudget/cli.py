@@ -83,7 +83,13 @@ def cmd_run(args, sweep: bool = False) -> int:
         return 0
     path = run_experiment(cfg, args.out, force=args.force, quiet=args.quiet)
     _finish(path)
-    return 0
+    from .report import collect
+
+    failed = [r for r in collect([path]) if r.summary.get("status", "ok") != "ok"]
+    for rec in failed:
+        print(f"{rec.path}: {rec.summary.get('status')}: {rec.summary.get('message', '')}",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _finish(path: Path) -> None:
