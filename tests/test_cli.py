@@ -91,3 +91,12 @@ def test_divergence_stops_the_run_with_a_clear_status(tmp_path, capsys):
     assert summary["status"] == "diverged" and "lower optim.lr" in summary["message"]
     assert "diverged" in capsys.readouterr().err
     assert "did not finish normally" in (path / "report" / "report.md").read_text()
+
+
+def test_compiled_training_matches_its_record(tmp_path):
+    """train.compile=true trains through torch.compile and evaluates the compiled model."""
+    assert main(["run", "tiny", "--out", str(tmp_path), "--quiet", "train.compile=true",
+                 "train.epochs=1", "sparsity.method=prune_at_init", "sparsity.density=0.5"]) == 0
+    (path,) = run_dirs(tmp_path)
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["status"] == "ok" and abs(summary["density"] - 0.5) < 1e-3

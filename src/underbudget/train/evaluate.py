@@ -25,7 +25,7 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | Non
     ``return_logits`` the float32 logits and labels are returned too (for calibration).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    forward = forward or model
+    forward = forward if forward is not None else model
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

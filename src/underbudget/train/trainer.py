@@ -134,7 +134,8 @@ class Trainer:
         t0 = time.perf_counter()
         out = evaluate(self.model, loader, device=self.device, amp=self.cfg.amp,
                        return_logits=return_logits,
-                       forward=self.eval_forward or self.forward,
+                       forward=self.eval_forward if self.eval_forward is not None
+                       else self.forward,
                        channels_last=self.cfg.channels_last and self.device.type == "cuda")
         self.timers["eval"] += time.perf_counter() - t0
         return out
