@@ -84,8 +84,8 @@ def test_all_strategies_run_and_the_report_compares_them(tmp_path):
         assert summary["cer_count"] == sum(summary["test_errors"])
         final = summary["final_density_measured"]
         assert (final == 1.0) if name == "dense" else final < 0.5
-    for png in ("anytime_test_acc_vs_stage", "anytime_density_vs_stage", "anytime_gap_vs_stage",
-                "anytime_acc_vs_train_flops"):
+    for png in ("anytime_test_acc_vs_stage", "anytime_test_error_vs_stage",
+                "anytime_density_vs_stage", "anytime_gap_vs_stage", "anytime_acc_vs_train_flops"):
         assert (path / "report" / f"{png}.png").stat().st_size > 1000
 
 

@@ -57,8 +57,12 @@ def anytime_report(records, out_dir: Path, options: dict) -> dict:
     if acc:
         files.append(str(line_plot(acc, out / "anytime_test_acc_vs_stage.png",
                                    xlabel="megabatch (stage)", ylabel="test accuracy",
-                                   title="Test accuracy after each megabatch "
-                                         "(area under the error = CER)", fill_area=True)))
+                                   title="Test accuracy after each megabatch")))
+        err = {k: (xs, [1 - m for m in ms], sd) for k, (xs, ms, sd) in acc.items()}
+        files.append(str(line_plot(err, out / "anytime_test_error_vs_stage.png",
+                                   xlabel="megabatch (stage)", ylabel="test error rate",
+                                   title="Test error per megabatch (cer_rate: their sum)",
+                                   fill_area=True)))
     if dens:
         files.append(str(line_plot(dens, out / "anytime_density_vs_stage.png",
                                    xlabel="megabatch (stage)", ylabel="density (kept weights)",
