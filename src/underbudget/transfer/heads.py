@@ -16,21 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from underbudget.errors import ConfigError
+from underbudget.models.classifier import classifier_of
 from underbudget.transfer.label_mapping import LabelMapper
 from underbudget.utils.seeding import generator
-
-
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    found = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            found = (name, module)
-    if found is None:
-        raise ConfigError(
-            f"no nn.Linear classifier found in {type(model).__name__}: pass features=<callable "
-            "returning penultimate features> and feature_dim=<their size>"
-        )
-    return found
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -97,7 +85,7 @@ class LinearProbe(nn.Module):
             backbone = copying.deepcopy(backbone)
         device, dtype = _like(backbone)
         if features is None:
-            name, fc = _last_linear(backbone)
+            name, fc = classifier_of(backbone)
             feature_dim = fc.in_features
             backbone = _replace(backbone, name, nn.Identity())
         elif feature_dim is None:
@@ -140,7 +128,7 @@ class FineTune(nn.Module):
         if copy:
             backbone = copying.deepcopy(backbone)
         device, dtype = _like(backbone)
-        name, fc = _last_linear(backbone)
+        name, fc = classifier_of(backbone)
         head = new_head(fc.in_features, num_classes, seed, device, dtype)
         self.backbone = _replace(backbone, name, head).requires_grad_(True)
         self.head_name = name
