@@ -144,7 +144,8 @@ def test_best_selection_restores_best_epoch_and_early_stops():
     sab = Sabotage()
     trainer = make(callbacks=[sab], select="best", patience=2)
     res = trainer.fit(TensorLoader(x, y), 10, val_loader=val)
-    assert res["best_epoch"] == 0 and res["stopped_early"] and res["epochs_run"] == 3
+    assert res["selected_epoch"] == 1 and res["stopped_early"] and res["epochs_run"] == 3
+    assert res["selection"] == "best" and not res["selection_constrained"]
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, sab.best[k]), k
 

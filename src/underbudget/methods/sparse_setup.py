@@ -299,11 +299,9 @@ class TrainingFlops(Callback):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        # totals only grow: a resumed run starts from zero and takes the checkpoint's, while
-        # restoring the best epoch's state (train.select=best) keeps the compute already spent
-        self.forward_sum = max(self.forward_sum, float(state.get("forward_sum", 0.0)))
-        self.dense_sum = max(self.dense_sum, float(state.get("dense_sum", 0.0)))
-        self.samples = max(self.samples, int(state.get("samples", 0)))
+        self.forward_sum = float(state.get("forward_sum", 0.0))
+        self.dense_sum = float(state.get("dense_sum", 0.0))
+        self.samples = int(state.get("samples", 0))
 
 
 class DynamicStats(Callback):

@@ -290,7 +290,19 @@ class MaskCallback(Callback):
         values.update(self.report(trainer))
         log("mask_update", **values)
 
-    # -- checkpoints ------------------------------------------------------------------------
+    # -- selection and checkpoints ----------------------------------------------------------
+    def weight_state(self) -> dict:
+        """The masks belong to the weights: best-epoch selection restores them together."""
+        return {} if self.masks is None else {"masks": self.masks.state_dict()}
+
+    def load_weight_state(self, state: dict) -> None:
+        if not state or self.masks is None:
+            return
+        self.masks.load_state_dict(state["masks"])  # the enforcer resets state where it moved
+        model = self.masks._model_ref() if self.masks._model_ref is not None else None
+        if model is not None:
+            self.masks.apply(model)
+
     def state_dict(self) -> dict:
         if self.masks is None:
             return {}

@@ -60,6 +60,21 @@ class GradualMagnitude(MaskCallback):
     def is_event(self, step: int) -> bool:
         return self.t0 <= step <= self.t0 + self.n * self.dt and (step - self.t0) % self.dt == 0
 
+    def held(self, step: int) -> float:
+        """Density the masks hold after ``step`` steps: the target of the last event so far."""
+        if step < self.t0:
+            return self.d_initial
+        last = self.t0 + min(self.n, (step - self.t0) // self.dt) * self.dt
+        return self.target(last)
+
+    def meets_constraints(self, trainer: Any) -> bool:
+        """True once no pruning event is left before the end of the current stage."""
+        end = getattr(trainer, "stage_end_step", None)
+        if end is None:
+            return True
+        remaining = max(0, int(end) - int(trainer.step))
+        return self.held(self.steps) == self.held(self.steps + remaining)
+
     def before_run(self, trainer: Any) -> None:
         super().before_run(trainer)
         if self.steps == 0 and self.is_event(0):

@@ -24,6 +24,14 @@ appends one JSON object to the run's ``metrics.jsonl``.
 
 A callback that keeps state across steps must return it from :meth:`state_dict` (tensors,
 numbers, strings, lists and dicts) so that a resumed run continues exactly.
+
+Best-epoch selection (``train.select=best``) keeps a copy of the weights of the best epoch and
+restores them at the end of the stage. Only what *belongs to the weights* travels with them:
+the model's own state and what each callback returns from :meth:`weight_state` (its masks, a
+label mapping). Counters, schedules and cost meters are never rewound. Selection only chooses
+among epochs whose model meets every callback's end-of-stage constraint
+(:meth:`meets_constraints`, e.g. a pruning schedule that has reached the stage's final
+density); when no epoch does, the last one is kept and the stage metrics say so.
 """
 
 from __future__ import annotations
@@ -66,6 +74,19 @@ class Callback:
 
     def after_run(self, trainer: Any) -> None:
         """Called once at the end of the run."""
+
+    def meets_constraints(self, trainer: Any) -> bool:
+        """Whether the current model already satisfies what this callback imposes on it at
+        the end of the stage (default: yes). Best-epoch selection only picks such epochs."""
+        return True
+
+    def weight_state(self) -> dict:
+        """State that belongs to the current weights (e.g. masks), kept and restored with the
+        best epoch's weights. Never counters or schedules (default: nothing)."""
+        return {}
+
+    def load_weight_state(self, state: dict) -> None:
+        """Restore what :meth:`weight_state` returned, together with the weights."""
 
     def state_dict(self) -> dict:
         """State to checkpoint (default: nothing)."""

@@ -97,6 +97,7 @@ class Trainer:
         self.stage = -1
         self.steps_per_epoch = 0
         self.total_steps = 0
+        self.stage_start_step = 0
         self.loader = None
         self.history: list[dict] = []
         self.events: list[dict] = []
@@ -104,7 +105,7 @@ class Trainer:
         self._started = False
         self._resume: dict | None = None
         self._best: dict | None = None
-        self._es = {"best": -math.inf, "bad": 0, "best_epoch": -1}
+        self._es = _fresh_selection()
         self._last: dict = {}
         self.timers = {"train": 0.0, "eval": 0.0}  # cumulative seconds (wall clock)
 
@@ -151,6 +152,7 @@ class Trainer:
             "stage": self.stage,
             "epoch": self.epoch,
             "step": self.step,
+            "stage_start_step": self.stage_start_step,
             "stage_done": False,
             "history": self.history,
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks},
@@ -226,19 +228,20 @@ class Trainer:
                 "train.select=best needs validation data: set data.val_fraction > 0"
             )
         self.stage, self.loader = stage, loader
-        self.steps_per_epoch = len(loader)
+        self.steps_per_epoch = _length(loader)
         self.total_steps = epochs * self.steps_per_epoch
         start_epoch = 0
         t0 = time.perf_counter()
         if r is not None and stage == r["stage"]:
             start_epoch = int(r["epoch"])
+            self.stage_start_step = int(r.get("stage_start_step", self.step))
             self.scheduler = build_scheduler(self.optimizer, self.optim_cfg,
                                              self.steps_per_epoch, epochs)
             if r["scheduler"] is not None:
                 self.scheduler.load_state_dict(r["scheduler"])
                 for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
                     group["lr"] = lr
-            self._best, self._es = r["best"], dict(r["es"])
+            self._best, self._es = r["best"], {**_fresh_selection(), **r["es"]}
             self._last = dict(r.get("last") or {})
             self._resume = None
         else:
@@ -247,8 +250,9 @@ class Trainer:
                 self.optimizer = self._build_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.optim_cfg,
                                              self.steps_per_epoch, epochs)
-            self._best, self._es = None, {"best": -math.inf, "bad": 0, "best_epoch": -1}
+            self._best, self._es = None, _fresh_selection()
             self.epoch = 0
+            self.stage_start_step = self.step
             self._call("before_stage", stage)
         eval_loaders = dict(eval_loaders or {})
         stopped_early = False
@@ -271,14 +275,15 @@ class Trainer:
             self.epoch = epoch + 1
             self._last = last
             if stopped_early:
-                self.log("early_stop", best_epoch=self._es["best_epoch"])
+                self.log("early_stop", selected_epoch=self._es["best_epoch"] + 1)
                 break
             self._checkpoint(stage_done=False)
-        restored = select == "best" and self._best is not None
+        restored = (select == "best" and self._best is not None
+                    and self._best["epoch"] != self.epoch - 1)
         if restored:
             self._restore_best()
         metrics = self._stage_metrics(last, epochs, val_loader, eval_loaders, stopped_early, t0,
-                                      reuse=not restored and not stopped_early)
+                                      reuse=not restored, select=select)
         self._call("after_stage", stage, metrics)
         self.log("stage_end", **metrics)
         self.history.append(metrics)
@@ -296,9 +301,15 @@ class Trainer:
         every = self.cfg.eval_every
         return epoch == epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
 
+    @property
+    def stage_end_step(self) -> int:
+        """The global step count at which the current stage is planned to end."""
+        return self.stage_start_step + self.total_steps
+
     def _train_epoch(self, loader, epochs: int) -> dict:
         self.model.train()
-        loader.set_epoch(self.stage * 100_003 + self.epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(self.stage * 100_003 + self.epoch)
         self._call("before_epoch")
         dev = self.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -348,14 +359,30 @@ class Trainer:
                 f"train.max_loss"
             )
 
+    def meets_constraints(self) -> bool:
+        """Whether the current model satisfies every callback's end-of-stage constraint."""
+        return all(cb.meets_constraints(self) for cb in self.callbacks)
+
     def _track_best(self, metrics: dict, epoch: int, select: str, patience: int | None) -> bool:
+        """Track the best validation epoch among those that meet the constraints.
+
+        An epoch whose model does not yet meet them (e.g. a pruning schedule still running)
+        is neither a candidate nor counted against early-stopping patience.
+        """
+        met = self.meets_constraints()
+        metrics["meets_constraints"] = met
+        if not met:
+            self._es["excluded"] += 1
+            return False
+        self._es["candidates"] += 1
         val = metrics.get("val_acc", -math.inf)
         if val > self._es["best"] + self.cfg.min_delta or self._es["best_epoch"] < 0:
             self._es.update(best=val, bad=0, best_epoch=epoch)
             if select == "best":
                 self._best = {
                     "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                    "callbacks": copy.deepcopy({cb.key: cb.state_dict() for cb in self.callbacks}),
+                    "weight_state": copy.deepcopy(
+                        {cb.key: cb.weight_state() for cb in self.callbacks}),
                     "epoch": epoch,
                 }
         else:
@@ -363,17 +390,31 @@ class Trainer:
         return patience is not None and self._es["bad"] >= patience
 
     def _restore_best(self) -> None:
+        """Load the best epoch's weights and what belongs to them; counters stay as they are."""
         self.model.load_state_dict(self._best["model"])
+        saved = self._best.get("weight_state") or {}
         for cb in self.callbacks:
-            if cb.key in self._best["callbacks"]:
-                cb.load_state_dict(self._best["callbacks"][cb.key])
+            if saved.get(cb.key):
+                cb.load_weight_state(saved[cb.key])
+
+    def _selection(self, select: str) -> dict:
+        """Which epoch's weights the stage ends with, in the numbering progress lines print."""
+        es = self._es
+        chosen = select == "best" and self._best is not None
+        return {
+            "selection": "best" if chosen else "last",
+            "selected_epoch": self._best["epoch"] + 1 if chosen else self.epoch,
+            "selection_constrained": es["excluded"] > 0,
+            "candidate_epochs": es["candidates"],
+            "selection_fallback": select == "best" and not chosen,
+        }
 
     def _stage_metrics(self, last: dict, epochs: int, val_loader, eval_loaders: dict,
-                       stopped_early: bool, t0: float, reuse: bool) -> dict:
+                       stopped_early: bool, t0: float, reuse: bool, select: str) -> dict:
         """Evaluate the stage's final (or restored best) weights; reuse the last epoch's
         evaluation when the weights are those it saw."""
         metrics = {"stage": self.stage, "epochs_run": self.epoch, "planned_epochs": epochs,
-                   "stopped_early": stopped_early, "best_epoch": self._es["best_epoch"],
+                   "stopped_early": stopped_early, **self._selection(select),
                    "train_loss": last.get("train_loss"), "steps": self.step}
         named = dict(eval_loaders)
         if val_loader is not None:
@@ -406,6 +447,23 @@ class Trainer:
             parts.append(f"{key[:-4]} {100 * m[key]:.2f}%")
         parts.append(f"{m['epoch_time']:.1f}s")
         print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def _fresh_selection() -> dict:
+    """Best-epoch and early-stopping bookkeeping of a stage."""
+    return {"best": -math.inf, "bad": 0, "best_epoch": -1, "excluded": 0, "candidates": 0}
+
+
+def _length(loader) -> int:
+    """Batches per epoch of a loader (any sized iterable of ``(inputs, targets)`` batches)."""
+    try:
+        return len(loader)
+    except TypeError:
+        raise UnderbudgetError(
+            f"the training loader ({type(loader).__name__}) has no length; pass a sized "
+            "iterable of (inputs, targets) batches, e.g. a torch DataLoader over a map-style "
+            "Dataset, so the LR schedule and sparsity schedules know the steps per epoch"
+        ) from None
 
 
 def _prefixed(prefix: str, result: dict) -> dict:

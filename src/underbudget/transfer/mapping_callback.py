@@ -40,6 +40,14 @@ class LabelMappingCallback(Callback):
             mapping=self.mapper.mapping.tolist(),
         )
 
+    def weight_state(self) -> dict:
+        """The mapping the prompt was trained with belongs to its weights."""
+        return self.mapper.diagnostics()
+
+    def load_weight_state(self, state: dict) -> None:
+        if state:
+            self.mapper.load_diagnostics(state)
+
     def state_dict(self) -> dict:
         return self.mapper.diagnostics()
 

@@ -88,7 +88,8 @@ def source_stage(ctx: Context) -> tuple[nn.Module, dict]:
             {
                 k: v
                 for k, v in result.items()
-                if k.startswith("val_") or k in ("epochs_run", "best_epoch", "steps")
+                if k.startswith("val_")
+                or k in ("epochs_run", "selected_epoch", "selection", "steps")
             }
         )
     summary.update(source_calibration(ctx, model))

@@ -340,7 +340,7 @@ def transfer_run(
         "train_examples": int(train_idx.numel()),
         "val_examples": int(val_idx.numel()),
         "epochs": epochs,
-        "best_epoch": result.get("best_epoch"),
+        "selected_epoch": result.get("selected_epoch"),
         "steps": result.get("steps"),
         "train_time": result.get("stage_time"),
         "cached_features": cached,

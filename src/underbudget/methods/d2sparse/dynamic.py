@@ -238,8 +238,19 @@ class SharedDynamic(Callback):
             "layer_grown": grown,
         }
 
+    def weight_state(self) -> dict:
+        """Both masks belong to the shared weights (restored with them; ``steps`` is not)."""
+        return {"masks": {w: m.state_dict() for w, m in self.masks.items()}}
+
+    def load_weight_state(self, state: dict) -> None:
+        if not state:
+            return
+        for which, saved in state["masks"].items():
+            self.masks[which].load_state_dict(saved)
+        self.union.update(dict(self._union().items()))  # the enforcer resets moved state
+
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "masks": {w: m.state_dict() for w, m in self.masks.items()}}
+        return {"steps": self.steps, **self.weight_state()}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
