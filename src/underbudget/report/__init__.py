@@ -6,13 +6,21 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..utils.atomic import write_text
-from .collect import Record, collect, flatten, group_by_setting
+from .collect import (
+    Duplicate,
+    Record,
+    collect,
+    duplicate_lines,
+    flatten,
+    group_by_setting,
+    pool_seeds,
+)
 from .plots import line_plot
-from .table import markdown, mean_std, numeric_keys, summarize, to_csv
+from .table import cell, markdown, mean_std, numeric_keys, summarize, to_csv
 
-__all__ = ["Record", "collect", "flatten", "group_by_setting", "line_plot", "markdown",
-           "mean_std", "numeric_keys", "summarize", "to_csv", "write_report", "epoch_curves",
-           "mask_plots"]
+__all__ = ["Duplicate", "Record", "cell", "collect", "duplicate_lines", "flatten",
+           "group_by_setting", "line_plot", "markdown", "mean_std", "numeric_keys",
+           "pool_seeds", "summarize", "to_csv", "write_report", "epoch_curves", "mask_plots"]
 
 
 def epoch_curves(groups, key: str = "test_acc") -> dict:
@@ -59,14 +67,16 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
                  keys: list[str] | None = None) -> dict:
     """Write ``report.md``, ``summary.csv`` and plots for the finished runs under ``paths``.
 
-    Runs that differ only by seed are aggregated (mean ± sample std). Each method that has
-    a report of its own adds its sections (e.g. the anytime comparison).
+    Runs that differ only by seed are aggregated (mean ± sample std); a seed that finished
+    twice for one setting counts once (the run that finished last; the others are listed
+    under "Duplicate runs"). Each method that has a report of its own adds its sections (e.g.
+    the anytime comparison).
     """
     from ..methods.registry import get_method
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    records = collect(paths)
+    records, dups = pool_seeds(collect(paths))
     if not records:
         write_text(out / "report.md", "# Report\n\nNo finished runs found.\n")
         return {"runs": 0, "files": [str(out / "report.md")]}
@@ -74,7 +84,10 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
     for rec in records:
         by_method[rec.method].append(rec)
     files: list[str] = []
-    text = ["# Report", "", f"{len(records)} run(s); mean ± sample std over seeds.", ""]
+    counted = f"{len(records)} run(s)" + (
+        f" ({sum(len(d.dropped) for d in dups)} duplicate(s) of a seed not counted)" if dups
+        else "")
+    text = ["# Report", "", f"{counted}; mean ± sample std over seeds (n: seeds per cell).", ""]
     plain: list[Record] = []
     for method, recs in by_method.items():
         try:
@@ -100,6 +113,7 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
         text += [f"- `{r.path}`: {r.summary.get('status')}: {r.summary.get('message', '')}"
                  for r in failed]
         text.append("")
+    text += duplicate_lines(dups)
     files += mask_plots(groups, out)
     curves = epoch_curves(groups)
     if curves and not any("test_acc_vs" in f for f in files):

@@ -1,9 +1,17 @@
-"""Find finished runs under directories and group those that differ only by seed."""
+"""Find finished runs under directories and group those that differ only by seed.
+
+A seed counts once per setting: when the same setting finished more than once with the same
+seed (a run repeated into another folder, a sweep holding a duplicate), the run that finished
+last is used and the others are listed by :func:`duplicate_lines`. A run finished at its
+recorded start (``env.json``) plus its wall time, else when its ``summary.json`` was written.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -20,6 +28,25 @@ class Record:
     config: dict
     summary: dict
     _events: list[dict] | None = field(default=None, repr=False)
+
+    @property
+    def seed(self) -> int | None:
+        """The run's seed (from its config, else its summary)."""
+        seed = self.config.get("seed", self.summary.get("seed"))
+        return None if seed is None else int(seed)
+
+    @property
+    def finished(self) -> float:
+        """When the run finished (seconds since the epoch)."""
+        wall = self.summary.get("wall_time")
+        try:
+            env = json.loads((self.path / "env.json").read_text(encoding="utf-8"))
+            start = datetime.strptime(env["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except (OSError, ValueError, KeyError, TypeError):
+            start = None
+        if start is not None and isinstance(wall, int | float):
+            return start + float(wall)
+        return (self.path / "summary.json").stat().st_mtime
 
     @property
     def method(self) -> str:
@@ -75,8 +102,62 @@ def collect(paths: list[str | Path], nested: bool = False) -> list[Record]:
 IGNORED = {"seed", "train.progress", "train.device"}
 
 
+def setting_of(rec: Record) -> str:
+    """The run's setting: its flattened config without the seed and what cannot change the
+    result (progress bars, device, the sweep that generated it)."""
+    flat = {k: v for k, v in flatten(rec.config).items()
+            if k not in IGNORED and not k.startswith("sweep.")}
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+@dataclass
+class Duplicate:
+    """Runs of one setting and seed: ``kept`` (finished last) is counted, ``dropped`` not."""
+
+    seed: int | None
+    kept: Record
+    dropped: list[Record]
+
+
+def pool_seeds(records: list[Record]) -> tuple[list[Record], list[Duplicate]]:
+    """One run per (setting, seed), the one that finished last (ties: the later path); the
+    order of ``records`` is kept. Returns the runs to count and the duplicates left out."""
+    by_key: dict[tuple[str, int | None], list[Record]] = {}
+    for rec in records:
+        by_key.setdefault((setting_of(rec), rec.seed), []).append(rec)
+    keep: set[int] = set()
+    dups = []
+    for (_, seed), recs in by_key.items():
+        ranked = sorted(recs, key=lambda r: (r.finished, str(r.path)))
+        keep.add(id(ranked[-1]))
+        if len(ranked) > 1:
+            dups.append(Duplicate(seed, ranked[-1], ranked[:-1][::-1]))
+    return [r for r in records if id(r) in keep], dups
+
+
+def duplicate_lines(dups: list[Duplicate]) -> list[str]:
+    """Markdown: a short section listing the duplicates a report did not count."""
+    if not dups:
+        return []
+
+    def when(rec: Record) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(rec.finished))
+
+    lines = ["## Duplicate runs (not counted)", "",
+             "The same setting finished more than once with the same seed; each seed counts "
+             "once, with the run that finished last.", ""]
+    for d in sorted(dups, key=lambda d: str(d.kept.path)):
+        gone = "; ".join(f"`{r.path}` ({when(r)})" for r in d.dropped)
+        lines.append(f"- seed {d.seed}: counted `{d.kept.path}` ({when(d.kept)}); "
+                     f"not counted: {gone}")
+    return lines + [""]
+
+
 def group_by_setting(records: list[Record]) -> list[tuple[str, list[Record]]]:
-    """Groups of runs whose configs differ only by seed, labelled by what sets them apart."""
+    """Groups of runs whose configs differ only by seed, labelled by what sets them apart.
+
+    Each seed counts once per group (see :func:`pool_seeds`)."""
+    records, _ = pool_seeds(records)
     flats = [flatten(r.config) for r in records]
     keys = sorted({k for f in flats for k in f} - IGNORED)
     varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]

@@ -1,4 +1,8 @@
-"""Tables of run summaries: mean ± std over seeds, as markdown and CSV."""
+"""Tables of run summaries: mean ± std over seeds, as markdown and CSV.
+
+Every cell says over how many seeds it is taken (``n``): a run may lack a key that the
+others of its row have. A seed counts once per setting (see ``collect.pool_seeds``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import io
 import math
 from collections.abc import Sequence
 
-from .collect import Record
+from .collect import Record, pool_seeds
 
 SKIP = {"seed", "wall_time"}
 
@@ -40,13 +44,16 @@ def _num(value) -> bool:
 
 
 def summarize(groups: list[tuple[str, list[Record]]], keys: Sequence[str]) -> list[dict]:
-    """One row per group: label, number of seeds, mean and std of each key."""
+    """One row per group: label, number of distinct seeds, mean and std of each key, and in
+    ``row["n"][key]`` the number of seeds behind that mean."""
     rows = []
     for label, recs in groups:
-        row: dict = {"setting": label, "seeds": len(recs)}
+        recs, _ = pool_seeds(recs)
+        row: dict = {"setting": label, "seeds": len({r.seed for r in recs}), "n": {}}
         for key in keys:
             vals = [r.summary[key] for r in recs if _num(r.summary.get(key))]
             row[key] = mean_std(vals) if vals else (math.nan, math.nan)
+            row["n"][key] = len(vals)
         rows.append(row)
     return rows
 
@@ -65,21 +72,31 @@ def fmt(value: tuple[float, float], key: str = "") -> str:
     return text if std == 0 else f"{text} ± {err}"
 
 
+def cell(row: dict, key: str) -> str:
+    """A table cell: 'mean ± std (n=seeds)'."""
+    n = row.get("n", {}).get(key)
+    text = fmt(row[key], key)
+    return text if n is None or text == "–" else f"{text} (n={n})"
+
+
 def markdown(rows: list[dict], keys: Sequence[str]) -> str:
-    """A markdown table of :func:`summarize` rows."""
+    """A markdown table of :func:`summarize` rows (``seeds``: distinct seeds of the row)."""
     head = ["setting", "seeds", *keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [str(row["setting"]), str(row["seeds"])] + [fmt(row[k], k) for k in keys]
+        cells = [str(row["setting"]), str(row["seeds"])] + [cell(row, k) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict], keys: Sequence[str]) -> str:
-    """CSV with a mean and a std column per key."""
+    """CSV with a mean, a std and a seed-count (``_n``) column per key."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["setting", "seeds"] + [f"{k}{s}" for k in keys for s in ("_mean", "_std")])
+    writer.writerow(["setting", "seeds"]
+                    + [f"{k}{s}" for k in keys for s in ("_mean", "_std", "_n")])
     for row in rows:
-        writer.writerow([row["setting"], row["seeds"]] + [x for k in keys for x in row[k]])
+        counts = row.get("n", {})
+        writer.writerow([row["setting"], row["seeds"]]
+                        + [x for k in keys for x in (*row[k], counts.get(k, ""))])
     return out.getvalue()

@@ -1,21 +1,39 @@
 """What a (sparse) model costs: parameters, nonzeros, FLOPs of one forward pass, bytes.
 
-FLOP convention (one sample, one forward pass):
+FLOP convention (one sample, one forward pass, eval mode; 1 multiply-add = **2 FLOPs**):
 
-- Conv and Linear are counted exactly from forward hooks on a dummy input: each weight is
-  used a known number of times (output positions for a conv, input positions for a transposed
-  conv, rows for a linear layer); one multiply-add counts as **2 FLOPs**; the bias adds
-  **1 FLOP per output element**. Nonzero-aware counts use only the weights that are nonzero
-  (and kept by the masks): each zero weight saves exactly its multiply-adds.
-- Other modules are counted densely: normalisation 2 FLOPs per output element (inference
-  affine form), element-wise activations 1 per output element, pooling one per window
-  element, adaptive pooling one per input element; dropout, identity and reshapes are free.
-  Modules with no rule (and functional ops such as residual additions) are not counted and
-  are listed under ``uncounted_modules``; prunable weights used outside Conv/Linear modules
-  are listed under ``uncounted_weights``.
+- **Weight MACs** (``macs_dense``/``macs_nonzero`` minus ``macs_activation``), counted exactly
+  from forward hooks on a dummy input: each weight of a Conv or Linear layer is used a known
+  number of times (output positions for a conv, input positions for a transposed conv, rows
+  for a linear layer); ``nn.MultiheadAttention``'s query/key/value and output projections
+  likewise (query rows once per query position, key and value rows once per key position).
+  Nonzero-aware counts use only the weights that are nonzero (and kept by the masks): each
+  zero weight saves exactly its multiply-adds.
+- **Activation MACs** (``macs_activation``): matmuls whose operands are both activations,
+  which weight sparsity does not reduce: the attention scores ``Q K^T`` and the weighted
+  values ``A V`` of ``nn.MultiheadAttention`` and of every ``F.scaled_dot_product_attention``
+  call (all positions, causal masks ignored), and ``torch.matmul``/``@``/``bmm``/``mm``
+  between two activations. They are in both ``macs_dense`` and ``macs_nonzero``.
+- **Bias adds** (``flops_bias``): 1 FLOP per output element of every biased Conv/Linear
+  layer and attention projection.
+- **Element-wise** (``flops_elementwise``), dense: normalisation 2 FLOPs per output element
+  (inference affine form), activations 1 per output element, softmax 3 per element
+  (exponential, sum, division), each attention score 4 (its 1/sqrt(d) scale and softmax),
+  pooling one per window element, adaptive pooling one per input element; dropout, identity
+  and reshapes are free.
+- ``flops_dense = 2 * macs_dense + flops_bias + flops_elementwise`` (``flops_nonzero`` the
+  same with ``macs_nonzero``).
 
-``torch.utils.flop_counter`` counts zeros as work; it agrees with ``macs_dense * 2`` for conv
-and linear layers and is only a dense reference.
+Not counted: residual additions and other functional element-wise ops, attention masks,
+averaging the returned attention weights over heads. Leaf modules with no rule are listed
+under ``uncounted_modules``, as are modules that multiply by a weight outside Conv/Linear
+(``x @ w``); prunable weights never used by a counted layer are listed under
+``uncounted_weights``.
+
+``torch.utils.flop_counter.FlopCounterMode`` counts the same matmuls and convolutions at
+2 FLOPs per MAC (zeros included) and nothing element-wise, so it is the dense reference for
+``2 * macs_dense``. On CPU it sees attention only through the math backend
+(``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``); its fused CPU kernel has no formula.
 
 Bytes: ``bytes_dense`` stores every parameter at ``bits``; ``bytes_bitmask`` stores the
 nonzero values of prunable tensors plus one bit per position; ``bytes_csr`` stores nonzero
@@ -35,81 +53,75 @@ import torch
 from torch import Tensor, nn
 
 from underbudget.errors import ConfigError
+from underbudget.sparsity.flop_rules import FunctionCounter, leaf_flops, mha_count
 from underbudget.sparsity.mask import MaskSet
 from underbudget.sparsity.targets import prunable_parameters, unwrap
-
-_NORMS = (
-    nn.modules.batchnorm._NormBase,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-)
-_ACTIVATIONS = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Softplus,
-)
-_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
-_ADAPTIVE = (
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-)
-_FREE = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.Identity,
-    nn.Flatten,
-    nn.Unflatten,
-)
 
 
 @dataclass
 class FlopProfile:
-    """Per-weight use counts and dense FLOPs of other layers, measured once per input shape."""
+    """Per-weight use counts and dense FLOPs of other work, measured once per input shape.
 
-    weight_uses: dict[str, int] = field(default_factory=dict)  # MACs per weight per sample
+    ``weight_uses`` is the MACs per weight per sample; where the rows of one parameter are
+    used unequally (the packed ``in_proj_weight`` of cross-attention), ``row_uses`` holds
+    ``(rows, uses)`` blocks along its first dimension and ``weight_uses`` the average.
+    """
+
+    weight_uses: dict[str, int | float] = field(default_factory=dict)
+    row_uses: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     bias_flops: dict[str, int] = field(default_factory=dict)  # module -> bias adds
-    other_flops: dict[str, int] = field(default_factory=dict)  # module -> dense FLOPs
+    activation_macs: dict[str, int] = field(default_factory=dict)  # module -> act x act MACs
+    elementwise_flops: dict[str, int] = field(default_factory=dict)  # module -> dense FLOPs
     uncounted: list[str] = field(default_factory=list)
+
+    @property
+    def other_flops(self) -> dict[str, int]:
+        """Per module, the dense FLOPs that weight sparsity leaves unchanged (bias excluded):
+        element-wise work plus 2 x activation MACs."""
+        out = dict(self.elementwise_flops)
+        for name, macs in self.activation_macs.items():
+            out[name] = out.get(name, 0) + 2 * macs
+        return out
 
     def count(self, model: nn.Module, masks: MaskSet | None = None) -> dict[str, Any]:
         """Dense and nonzero-aware MACs/FLOPs of ``model`` (weights zeroed by ``masks`` too)."""
         model = unwrap(model)
         layers = {}
-        macs_dense = macs_nonzero = 0
+        w_dense = w_nonzero = 0
         for name, uses in self.weight_uses.items():
             w = model.get_parameter(name)
-            nnz = _nonzeros(w, masks[name] if masks is not None and name in masks else None)
-            dense = w.numel() * uses
+            mask = masks[name] if masks is not None and name in masks else None
+            blocks = self.row_uses.get(name)
+            if blocks is None:
+                dense, nonzero = w.numel() * uses, _nonzeros(w, mask) * uses
+            else:
+                dense = nonzero = 0
+                start, per_row = 0, w[0].numel()
+                for rows, n in blocks:
+                    part = slice(start, start + rows)
+                    dense += rows * per_row * n
+                    nonzero += _nonzeros(w[part], None if mask is None else mask[part]) * n
+                    start += rows
+            dense, nonzero = int(round(dense)), int(round(nonzero))
             layers[name] = {
                 "macs_dense": dense,
-                "macs_nonzero": nnz * uses,
+                "macs_nonzero": nonzero,
                 "flops_dense": 2 * dense,
-                "flops_nonzero": 2 * nnz * uses,
+                "flops_nonzero": 2 * nonzero,
             }
-            macs_dense += dense
-            macs_nonzero += nnz * uses
-        fixed = sum(self.bias_flops.values()) + sum(self.other_flops.values())
+            w_dense += dense
+            w_nonzero += nonzero
+        act = sum(self.activation_macs.values())
+        bias = sum(self.bias_flops.values())
+        elementwise = sum(self.elementwise_flops.values())
         return {
-            "macs_dense": macs_dense,
-            "macs_nonzero": macs_nonzero,
-            "flops_dense": 2 * macs_dense + fixed,
-            "flops_nonzero": 2 * macs_nonzero + fixed,
+            "macs_dense": w_dense + act,
+            "macs_nonzero": w_nonzero + act,
+            "macs_activation": act,
+            "flops_bias": bias,
+            "flops_elementwise": elementwise,
+            "flops_dense": 2 * (w_dense + act) + bias + elementwise,
+            "flops_nonzero": 2 * (w_nonzero + act) + bias + elementwise,
             "layers": layers,
         }
 
@@ -138,74 +150,144 @@ def _example(model: nn.Module, input_shape: Any) -> Tensor:
     return torch.zeros((1, *shape), dtype=dtype, device=device)
 
 
-@torch.no_grad()
-def profile_flops(model: nn.Module, input_shape: Any) -> FlopProfile:
-    """Run one dummy sample through ``model`` in eval mode and record what every layer does.
+class _Recorder:
+    """Forward hooks that fill a :class:`FlopProfile` (totals, divided by the batch later)."""
 
-    ``input_shape`` excludes the batch dimension, or is an example input (its first dimension
-    is the batch; counts are divided by it).
-    """
-    model = unwrap(model)
-    x = _example(model, input_shape)
-    batch = x.shape[0] if x.dim() > 0 else 1
-    names = {id(p): n for n, p in model.named_parameters()}
-    prof = FlopProfile()
-    handles = []
+    def __init__(self, model: nn.Module):
+        self.prof = FlopProfile()
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.root = type(model).__name__
+        self.stack: list[str] = []
+        self.counted: set[str] = set()  # modules in which a tensor function was counted
+        self.functions = FunctionCounter(self.on_function, self.on_weight_matmul)
 
-    def hook(module: nn.Module, args: tuple, output: Any, mod_name: str) -> None:
+    def _add(self, table: dict, key: str, value: float) -> None:
+        table[key] = table.get(key, 0) + value
+
+    def _uncounted(self, name: str) -> None:
+        if name not in self.prof.uncounted:
+            self.prof.uncounted.append(name)
+
+    def _here(self) -> str:
+        return self.stack[-1] if self.stack else self.root
+
+    def on_function(self, macs: int, elementwise: int) -> None:
+        here = self._here()
+        self.counted.add(here)
+        self._add(self.prof.activation_macs, here, macs)
+        if elementwise:
+            self._add(self.prof.elementwise_flops, here, elementwise)
+
+    def on_weight_matmul(self) -> None:
+        self._uncounted(self._here())
+
+    def enter(self, module: nn.Module, name: str) -> None:
+        self.stack.append(name or self.root)
+        if isinstance(module, nn.MultiheadAttention):
+            self.functions.suspended += 1
+
+    def leave(self, module: nn.Module, name: str, args: tuple, kwargs: dict, output: Any):
+        self.stack.pop()
+        name = name or self.root
+        if isinstance(module, nn.MultiheadAttention):
+            self.functions.suspended -= 1
+            self.attention(module, name, args, kwargs)
+        elif next(module.children(), None) is None:
+            self.leaf(module, name, args, output)
+
+    def attention(self, module: nn.MultiheadAttention, name: str, args, kwargs) -> None:
+        count = mha_count(module, args, kwargs)
+        for local, blocks in count.row_uses.items():
+            param = module.get_parameter(local)
+            key = self.names.get(id(param), f"{name}.{local}")
+            self._add(self.prof.weight_uses, key,
+                      sum(rows * uses for rows, uses in blocks) / param.shape[0])
+            old = self.prof.row_uses.get(key, [(rows, 0) for rows, _ in blocks])
+            self.prof.row_uses[key] = [(r, u + v) for (r, u), (_, v) in zip(old, blocks)]
+        self._add(self.prof.bias_flops, name, count.bias_flops)
+        self._add(self.prof.activation_macs, name, count.activation_macs)
+        self._add(self.prof.elementwise_flops, name, count.elementwise_flops)
+
+    def leaf(self, module: nn.Module, name: str, args: tuple, output: Any) -> None:
         out = output if isinstance(output, Tensor) else None
         inp = args[0] if args and isinstance(args[0], Tensor) else None
         if isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
-            w = module.weight
+            if inp is None or out is None:
+                self._uncounted(name)
+                return
             if isinstance(module, nn.Linear):  # each weight: once per input row
                 uses = inp.numel() // max(module.in_features, 1)
             elif isinstance(module, nn.modules.conv._ConvTransposeNd):  # once per input position
                 uses = inp.numel() // max(module.in_channels, 1)
             else:  # once per output position
                 uses = out.numel() // max(module.out_channels, 1)
-            key = names.get(id(w), f"{mod_name}.weight")
-            prof.weight_uses[key] = prof.weight_uses.get(key, 0) + uses // batch
-            if getattr(module, "bias", None) is not None and out is not None:
-                prof.bias_flops[mod_name] = prof.bias_flops.get(mod_name, 0) + out.numel() // batch
+            self._add(self.prof.weight_uses, self.names.get(id(module.weight), f"{name}.weight"),
+                      uses)
+            if getattr(module, "bias", None) is not None:
+                self._add(self.prof.bias_flops, name, out.numel())
             return
-        if isinstance(module, _FREE):
-            return
-        flops = None
-        if isinstance(module, _NORMS) and out is not None:
-            flops = 2 * out.numel()
-        elif isinstance(module, _ACTIVATIONS) and out is not None:
-            flops = out.numel()
-        elif isinstance(module, _POOLS) and out is not None:
-            k = module.kernel_size
-            k = (k,) * (out.dim() - 2) if isinstance(k, int) else tuple(k)
-            flops = out.numel() * math.prod(k)
-        elif isinstance(module, _ADAPTIVE) and inp is not None:
-            flops = inp.numel()
-        if flops is None:
-            if mod_name not in prof.uncounted:
-                prof.uncounted.append(mod_name)
-            return
-        prof.other_flops[mod_name] = prof.other_flops.get(mod_name, 0) + flops // batch
+        flops = leaf_flops(module, inp, out)
+        if flops is None and name not in self.counted:
+            self._uncounted(name)
+        elif flops:
+            self._add(self.prof.elementwise_flops, name, flops)
 
+    def per_sample(self, batch: int) -> FlopProfile:
+        prof = self.prof
+        for table in (prof.bias_flops, prof.activation_macs, prof.elementwise_flops):
+            for key in table:
+                table[key] //= batch
+        for key, uses in prof.weight_uses.items():
+            uses = uses / batch
+            prof.weight_uses[key] = int(uses) if float(uses).is_integer() else uses
+        for key, blocks in prof.row_uses.items():
+            prof.row_uses[key] = [(rows, uses // batch) for rows, uses in blocks]
+        return prof
+
+
+@torch.no_grad()
+def profile_flops(model: nn.Module, input_shape: Any) -> FlopProfile:
+    """Run one dummy sample through ``model`` in eval mode and record what every layer does.
+
+    ``input_shape`` excludes the batch dimension, or is an example input (its first dimension
+    is the batch; counts are divided by it). PyTorch's fused attention fast path is turned off
+    for the pass so that every submodule of a transformer layer runs (and is counted).
+    """
+    model = unwrap(model)
+    x = _example(model, input_shape)
+    batch = x.shape[0] if x.dim() > 0 else 1
+    rec = _Recorder(model)
+    inside_mha = {
+        id(sub)
+        for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+        for sub in m.modules() if sub is not m
+    }
+    handles = []
     for mod_name, module in model.named_modules():
-        if next(module.children(), None) is None and mod_name:
-            handles.append(
-                module.register_forward_hook(lambda m, a, o, _n=mod_name: hook(m, a, o, _n))
-            )
+        if id(module) in inside_mha:  # its parameters are counted by the attention rule
+            continue
+        handles.append(module.register_forward_pre_hook(
+            lambda m, a, _n=mod_name: rec.enter(m, _n)))
+        handles.append(module.register_forward_hook(
+            lambda m, a, k, o, _n=mod_name: rec.leave(m, _n, a, k, o), with_kwargs=True))
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        model(x)
+        with rec.functions:
+            model(x)
     except Exception as exc:
         raise ConfigError(
             f"cannot count FLOPs: the model failed on an input of shape {tuple(x.shape)} "
             f"({type(exc).__name__}: {exc}); pass the per-sample input_shape, e.g. (3, 32, 32)"
         ) from exc
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
         for h in handles:
             h.remove()
-    return prof
+    return rec.per_sample(batch)
 
 
 def _tensor_bytes(numel: int, nnz: int, rows: int, bits: int) -> dict[str, float]:
@@ -279,6 +361,9 @@ def cost(
         "macs_nonzero": flops["macs_nonzero"],
         "flops_dense": flops["flops_dense"],
         "flops_nonzero": flops["flops_nonzero"],
+        "macs_activation": flops["macs_activation"],
+        "flops_bias": flops["flops_bias"],
+        "flops_elementwise": flops["flops_elementwise"],
         "bits": bits,
         "bytes_dense": b_dense,
         "bytes_bitmask": b_bitmask,

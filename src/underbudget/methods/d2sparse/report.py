@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from ...report import Record, collect, line_plot, mean_std
+from ...report import Record, collect, duplicate_lines, line_plot, mean_std, pool_seeds
 from ...utils.atomic import write_text
 
 ARMS = (
@@ -176,7 +176,7 @@ def _pct(values: list[float]) -> str:
         return "–"
     m, s = mean_std(values)
     text = f"{100 * m:.2f}"
-    return text if len(values) < 2 else f"{text} ± {100 * s:.2f}"
+    return (text if len(values) < 2 else f"{text} ± {100 * s:.2f}") + f" (n={len(values)})"
 
 
 def _num(values: list[float], scale: float, digits: int = 3, spread: bool = True) -> str:
@@ -320,6 +320,7 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
     """Markdown and plot files of the D2-Sparse comparison over ``records``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    records, dups = pool_seeds(records)
     pts = points(records)
     if not pts:
         return {"markdown": f"## {title}\n\nNo finished runs.\n", "files": []}
@@ -333,8 +334,8 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
         f"## {title}",
         "",
         f"Test accuracy (%) of the deployed network, mean ± sample std over seeds "
-        f"({', '.join(map(str, seeds))}), by data budget (fraction of the training set, "
-        f"class-balanced, nested across budgets).",
+        f"({', '.join(map(str, seeds))}; n = seeds in the cell), by data budget (fraction of "
+        f"the training set, class-balanced, nested across budgets).",
     ]
     if equal:
         lines.append(f"Across budgets the number of **{' / '.join(equal)}** is held equal.")
@@ -429,7 +430,7 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
         "of weights ever active, survival of regrown weights, per-layer density; see "
         "the `d2sparse_*_d<density>.png` plots.",
         "",
-    ]
+    ] + duplicate_lines(dups)
     return {"markdown": "\n".join(lines), "files": files}
 
 
