@@ -55,6 +55,19 @@ def test_a_broken_binary_names_the_extra_and_the_cause(broken_package, body, cau
     assert f"torchvision {torchvision_for()}.x" in message  # the release that fits this torch
 
 
+def test_a_right_version_built_for_another_torch_build_is_told_so(broken_package, tmp_path):
+    version = f"{torchvision_for()}.0"
+    broken_package("torchvision", "raise RuntimeError('operator torchvision::nms does not exist')")
+    meta = tmp_path / f"torchvision-{version}.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text(f"Name: torchvision\nVersion: {version}\n")
+    with pytest.raises(MissingDependencyError) as info:
+        create_model("torchvision:resnet18")
+    message = str(info.value)
+    assert f"torchvision {version} fits torch {torch.__version__} by version" in message
+    assert "same index as torch, or build it from source" in message
+
+
 def test_timm_failing_through_torchvision_names_vision(broken_package):
     broken_package("torchvision", "raise RuntimeError('operator torchvision::nms does not exist')")
     broken_package("timm", "import torchvision")

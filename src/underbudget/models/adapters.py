@@ -9,6 +9,7 @@ release.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import sys
 from typing import Any
@@ -93,9 +94,23 @@ def check_torchvision_pairing(tv_version: str, torch_version: str | None = None,
     )
 
 
+def _installed_hint() -> str:
+    """The install hint, told whether the torchvision on disk already has the right version."""
+    try:
+        have = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return vision_install_hint()
+    release, fit = _release(have), torchvision_for()
+    if fit is None or release is None or f"{release[0]}.{release[1]}" != fit:
+        return f"torchvision {have} is installed; {vision_install_hint()}"
+    return (f"torchvision {have} fits torch {torch.__version__} by version, so its binary was "
+            "built against another build of torch: install torchvision from the same index "
+            "as torch, or build it from source against this torch")
+
+
 def import_vision(package: str, purpose: str) -> Any:
     """Import torchvision or timm for ``purpose``, checking that torchvision fits torch."""
-    module = require(package, "vision", purpose, hint=vision_install_hint())
+    module = require(package, "vision", purpose, hint=_installed_hint())
     tv = sys.modules.get("torchvision")  # timm imports it too
     if tv is not None and isinstance(getattr(tv, "__version__", None), str):
         check_torchvision_pairing(tv.__version__, purpose=purpose)
