@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..config import TRACK_BACKENDS, TrackConfig
-from .session import Tracking, scalars
+from .session import Tracking
 
 if TYPE_CHECKING:
     from ..runs.store import Run
 
-__all__ = ["TRACK_BACKENDS", "Tracking", "scalars", "tracking"]
+__all__ = ["TRACK_BACKENDS", "Tracking", "tracking"]
 
 
 @contextlib.contextmanager
