@@ -239,7 +239,8 @@ class Mlflow(Backend):
         return handle
 
     def where(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.uri}"
+        opt_in = "MLFLOW_ALLOW_FILE_STORE=true " if self.local is not None else ""
+        return f"{opt_in}mlflow ui --backend-store-uri {self.uri}"
 
 
 class _MlflowRun(Handle):
