@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Pinned for the development environment only (see DEVELOPERS.md); the package asks torch>=2.3.
 TORCH_VERSION ?= 2.13.0
-STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+# Extras installed into .venv, e.g. `make test EXTRAS=test,track` (CI adds the trackers).
+EXTRAS ?= test
+comma := ,
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)-$(subst $(comma),-,$(EXTRAS))
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: install data demo test test-all lint format bench clean
@@ -16,7 +19,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[$(EXTRAS)]' torch==$(TORCH_VERSION)
 	@touch $(STAMP)
 
 install: $(STAMP)

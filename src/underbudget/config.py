@@ -88,7 +88,6 @@ class TrainConfig:
     checkpoint: bool = True  # checkpoint every epoch so an interrupted run resumes
     max_loss: float = 1e4  # divergence guard: stop when the running loss exceeds this
     progress: bool = True
-    trackers: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
 
 
 @dataclass
@@ -113,6 +112,33 @@ class SparsityConfig:
     init: str = "erk"  # set/rigl/static initial allocation
 
 
+TRACK_BACKENDS = ("tensorboard", "wandb", "mlflow")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrackConfig:
+    """Experiment trackers that mirror a run: config, every logged event, summary, plots."""
+
+    backends: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
+    project: str = "underbudget"  # W&B project, MLflow experiment
+    group: str | None = None  # default: the top run directory's name (experiment or sweep)
+    name: str | None = None  # default: the run directory's name (children: their path in it)
+    dir: str | None = None  # offline files (default: <top run directory>/track)
+    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a file store in dir
+    plots: bool = True  # send the report's PNG plots
+
+    def __post_init__(self) -> None:
+        from .errors import unknown
+
+        for name in self.backends:
+            if name not in TRACK_BACKENDS:
+                raise unknown("tracker (track.backends)", name, TRACK_BACKENDS)
+        if self.wandb_mode not in WANDB_MODES:
+            raise unknown("W&B mode (track.wandb_mode)", self.wandb_mode, WANDB_MODES)
+
+
 @dataclass
 class MethodConfig:
     """Base of every method's config section; ``name`` selects the method."""
@@ -132,6 +158,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     sweep: dict = field(default_factory=dict)  # {"dotted.key": [values]}: a grid of child runs
     report: dict = field(default_factory=dict)  # options for the report (method-specific)
 

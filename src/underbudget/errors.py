@@ -40,17 +40,27 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     )
 
 
-def require(package: str, extra: str, purpose: str, dist: str | None = None):
+def require(package: str, extra: str, purpose: str, dist: str | None = None,
+            hint: str = ""):
     """Import an optional package or raise one clear MissingDependencyError.
 
-    ``dist`` is the name to ``pip install`` when it differs from the import name.
+    Any failure counts, not only ImportError: a binary built for another torch raises
+    RuntimeError or OSError, a half-installed package AttributeError. The message names the
+    extra to install and the cause. ``dist`` is the name to ``pip install`` when it differs
+    from the import name; ``hint`` is appended (e.g. which version fits this torch).
     """
     import importlib
 
     try:
         return importlib.import_module(package)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            f"{purpose} needs the optional package {package!r}: "
-            f"pip install 'underbudget[{extra}]' (or pip install {dist or package})"
-        ) from exc
+    except Exception as exc:
+        absent = isinstance(exc, ModuleNotFoundError) and exc.name in (
+            package, package.split(".")[0])
+        install = f"pip install 'underbudget[{extra}]' (or pip install {dist or package})"
+        if absent:
+            text = f"{purpose} needs the optional package {package!r}: {install}"
+        else:
+            cause = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+            text = (f"{purpose} needs the optional package {package!r}, which is installed but "
+                    f"fails to import ({cause}); reinstall it with {install}")
+        raise MissingDependencyError(text + (f"; {hint}" if hint else "")) from exc

@@ -1,16 +1,23 @@
 """Models from torchvision or timm by name ('torchvision:resnet18', 'timm:vit_tiny_patch16_224').
 
-Both packages are optional and imported only here, when such a name is asked for.
+Both packages are optional (``pip install 'underbudget[vision]'``) and imported only here,
+when such a name is asked for. torchvision's compiled operators only load beside the torch
+release they were built for: torch 2.x pairs with torchvision 0.(x+15) (2.5 with 0.20, 2.13
+with 0.28), and timm imports torchvision. A mismatch is reported at import with the fitting
+release.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
+import sys
 from typing import Any
 
 import torch
 from torch import nn
 
-from underbudget.errors import ConfigError, require, unknown
+from underbudget.errors import ConfigError, MissingDependencyError, require, unknown
 from underbudget.models.classifier import classifier_of, replace_classifier
 
 
@@ -42,8 +49,76 @@ def create_adapter_model(
     return model
 
 
+def _release(version: str) -> tuple[int, int] | None:
+    """``'2.13.0+cpu'`` → ``(2, 13)``; None when the version does not parse."""
+    parts = version.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def torchvision_for(torch_version: str | None = None) -> str | None:
+    """The torchvision release series that fits a torch 2.x version (``'0.28'`` for 2.13)."""
+    release = _release(torch_version or torch.__version__)
+    if release is None or release[0] != 2:
+        return None
+    return f"0.{release[1] + 15}"
+
+
+def vision_install_hint(torch_version: str | None = None) -> str:
+    """How to install the torchvision that fits this torch without replacing torch."""
+    version = torch_version or torch.__version__
+    fit = torchvision_for(version)
+    if fit is None:
+        return "install the torchvision release built for your torch"
+    base, _, local = version.partition("+")
+    wheels = re.fullmatch(r"cpu|cu\d+|rocm[\d.]+|xpu", local)  # PyTorch's own wheel indexes
+    index = f" --index-url https://download.pytorch.org/whl/{local}" if wheels else ""
+    return (f"torch {base} needs torchvision {fit}.x: "
+            f"pip install 'torchvision=={fit}.*' 'torch=={base}'{index}")
+
+
+def check_torchvision_pairing(tv_version: str, torch_version: str | None = None,
+                              purpose: str = "torchvision") -> None:
+    """Refuse a torchvision built for another torch release, naming the one that fits."""
+    fit = torchvision_for(torch_version)
+    have = _release(tv_version)
+    if fit is None or have is None or f"{have[0]}.{have[1]}" == fit:
+        return
+    built = f" (built for torch 2.{have[1] - 15})" if have[0] == 0 and have[1] >= 15 else ""
+    raise MissingDependencyError(
+        f"{purpose} needs torchvision {fit}.x, but torchvision {tv_version}{built} is "
+        f"installed beside torch {torch_version or torch.__version__}; "
+        f"{vision_install_hint(torch_version)}"
+    )
+
+
+def _installed_hint() -> str:
+    """The install hint, told whether the torchvision on disk already has the right version."""
+    try:
+        have = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        return vision_install_hint()
+    release, fit = _release(have), torchvision_for()
+    if fit is None or release is None or f"{release[0]}.{release[1]}" != fit:
+        return f"torchvision {have} is installed; {vision_install_hint()}"
+    return (f"torchvision {have} fits torch {torch.__version__} by version, so its binary was "
+            "built against another build of torch: install torchvision from the same index "
+            "as torch, or build it from source against this torch")
+
+
+def import_vision(package: str, purpose: str) -> Any:
+    """Import torchvision or timm for ``purpose``, checking that torchvision fits torch."""
+    module = require(package, "vision", purpose, hint=_installed_hint())
+    tv = sys.modules.get("torchvision")  # timm imports it too
+    if tv is not None and isinstance(getattr(tv, "__version__", None), str):
+        check_torchvision_pairing(tv.__version__, purpose=purpose)
+    return module
+
+
 def _torchvision(name: str, **kwargs: Any) -> nn.Module:
-    tv = require("torchvision", "vision", f"model 'torchvision:{name}'")
+    tv = import_vision("torchvision", f"model 'torchvision:{name}'")
     choices = tv.models.list_models()
     if name not in choices:
         raise unknown("torchvision model", name, choices)
@@ -56,7 +131,7 @@ def _torchvision(name: str, **kwargs: Any) -> nn.Module:
 
 
 def _timm(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    timm = require("timm", "vision", f"model 'timm:{name}'")
+    timm = import_vision("timm", f"model 'timm:{name}'")
     choices = timm.list_models()
     if name not in choices:
         raise unknown("timm model", name, choices)

@@ -45,11 +45,22 @@ def run_experiment(cfg, root: str | Path | None = None, *, force: bool = False,
                    quiet: bool = False) -> Path:
     """Run ``cfg`` (or its sweep) under ``root``; return the run directory."""
     from ..config import run_name
+    from ..track import tracking
 
     root = runs_root(root)
-    if cfg.sweep:
-        return run_sweep(cfg, root, force=force, quiet=quiet)
-    return run_single(cfg, Run(root / run_name(cfg)), force=force, quiet=quiet)
+    run = Run(root / run_name(cfg))
+    with tracking(cfg.track, run, quiet=quiet) as trackers:  # children share the listener
+        if cfg.sweep:
+            path = run_sweep(cfg, root, force=force, quiet=quiet, parent=run)
+        else:
+            path = run_single(cfg, run, force=force, quiet=quiet)
+        if trackers is not None:
+            if not cfg.sweep:
+                from ..report import write_report
+
+                write_report([path], path / "report", options=cfg.report)
+            trackers.send_plots(path / "report")
+    return path
 
 
 def run_single(cfg, run: Run, *, force: bool = False, quiet: bool = False) -> Path:
@@ -86,12 +97,13 @@ def run_single(cfg, run: Run, *, force: bool = False, quiet: bool = False) -> Pa
     return run.path
 
 
-def run_sweep(cfg, root: Path, *, force: bool = False, quiet: bool = False) -> Path:
+def run_sweep(cfg, root: Path, *, force: bool = False, quiet: bool = False,
+              parent: Run | None = None) -> Path:
     """Run every child of a sweep under one parent directory, then write its report."""
     from ..config import run_name, to_dict
     from ..report import write_report
 
-    parent = Run(root / run_name(cfg))
+    parent = parent or Run(root / run_name(cfg))
     parent.path.mkdir(parents=True, exist_ok=True)
     parent.start(config=to_dict(cfg))
     children = expand_sweep(cfg)

@@ -12,14 +12,18 @@ A run directory holds::
 
 Everything is written atomically; ``metrics.jsonl`` is append-only and truncated back to
 the checkpointed length when an interrupted run resumes, so no event is counted twice.
+
+A run may carry listeners (:class:`RunListener`, e.g. experiment trackers): each sees the
+config when the run starts, every event it logs and its summary; child runs share them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -33,11 +37,29 @@ def runs_root(root: str | Path | None = None) -> Path:
     return Path(root or os.environ.get("UNDERBUDGET_RUNS") or "runs")
 
 
+class RunListener(Protocol):
+    """Sees what a run (and each of its children) writes, after it is written."""
+
+    def run_started(self, run: Run, config: dict | None) -> None: ...
+
+    def run_logged(self, run: Run, event: str, values: dict) -> None: ...
+
+    def run_finished(self, run: Run, summary: dict) -> None: ...
+
+
 class Run:
     """A run directory (created on first write)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, listeners: Iterable[RunListener] = ()):
         self.path = Path(path)
+        self.listeners: list[RunListener] = list(listeners)
+
+    def __getstate__(self) -> dict:  # listeners stay in the process that attached them
+        return {"path": self.path, "listeners": []}
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for listener in self.listeners:
+            getattr(listener, hook)(self, *args)
 
     # ----------------------------------------------------------------- paths
     @property
@@ -63,8 +85,8 @@ class Run:
         return path
 
     def child(self, name: str) -> Run:
-        """A nested run directory."""
-        return Run(self.path / name)
+        """A nested run directory (with this run's listeners)."""
+        return Run(self.path / name, self.listeners)
 
     # ----------------------------------------------------------------- state
     def is_finished(self) -> bool:
@@ -77,6 +99,7 @@ class Run:
         if config is not None:
             write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
         write_json(self.path / "env.json", environment(device))
+        self._notify("run_started", config)
 
     def read_config(self) -> dict:
         """The saved resolved config."""
@@ -86,6 +109,7 @@ class Run:
         """Write the summary (marks the run finished) and drop the resume checkpoint."""
         write_json(self.summary_path, summary)
         self.clear_checkpoint()
+        self._notify("run_finished", summary)
 
     def read_summary(self) -> dict | None:
         """The summary, or None when the run has not finished."""
@@ -106,6 +130,7 @@ class Run:
         line = dumps({"event": event, **values})
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+        self._notify("run_logged", event, values)
 
     def metrics_size(self) -> int:
         """Bytes in metrics.jsonl (recorded in checkpoints)."""

@@ -82,12 +82,6 @@ class Trainer:
         self.forward = torch.compile(self.model) if train.compile else self.model
         self.eval_forward = eval_forward
         self.callbacks = list(callbacks)
-        if getattr(train, "trackers", None):
-            from .trackers import TrackerCallback
-
-            self.callbacks.append(TrackerCallback(
-                list(train.trackers), run_dir=str(run.path) if run is not None else None,
-                run_name=run.path.name if run is not None else None))
         self.loss_fn = loss_fn or cross_entropy_loss(train.label_smoothing)
         self._params = list(params) if params is not None else None
         self.optimizer = self._build_optimizer()

@@ -1,17 +1,18 @@
-"""Official downloads, only when asked for: checksum-verified, written atomically."""
+"""Official downloads, only when asked for: resumable, checksum-verified, written atomically."""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tarfile
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from underbudget.errors import DataError
-from underbudget.utils.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -83,35 +84,117 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def download_file(urls: tuple[str, ...], dest: Path, md5: str, timeout: float = 60.0) -> None:
-    """Fetch the first mirror that answers into ``dest`` atomically; verify the MD5."""
+def part_path(dest: Path) -> Path:
+    """Where the bytes of an unfinished download of ``dest`` are kept (``dest.part``)."""
+    return dest.with_name(dest.name + ".part")
+
+
+def download_file(urls: tuple[str, ...], dest: Path, md5: str, timeout: float = 60.0,
+                  progress: bool | None = None, retries: int = 3) -> None:
+    """Fetch the first mirror that answers into ``dest``; verify the MD5 of the whole file.
+
+    Bytes arrive in ``dest.part``; a lost connection resumes from it with an HTTP Range
+    request (up to ``retries`` times in a row without progress, and on the next call), and
+    the finished file is renamed over ``dest`` only once its checksum matches. A resumed file
+    that fails the checksum is downloaded again from the start, once. ``progress``: a bar on
+    stderr (None: only when stderr is a terminal).
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
     failures = []
     for url in urls:
-        print(f"underbudget: downloading {url} -> {dest}", file=sys.stderr)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
-                digest = hashlib.md5(usedforsecurity=False)
-                with open(tmp, "wb") as fh:
-                    while block := response.read(1 << 20):
-                        digest.update(block)
-                        fh.write(block)
-                if digest.hexdigest() != md5:
-                    raise _ChecksumMismatch(f"{url}: MD5 {digest.hexdigest()}, expected {md5}")
+        failure = _from_mirror(url, part, md5, timeout, progress, retries)
+        if failure is None:
+            os.replace(part, dest)
             return
-        except _ChecksumMismatch as exc:
-            failures.append(f"{exc} (file discarded)")
-        except OSError as exc:  # URLError, timeouts, refused connections
-            failures.append(f"{url}: {exc}")
+        failures.append(failure)
+    kept = f"\nThe partial file {part} is kept; run again to resume." if part.exists() else ""
     raise DataError(
         f"could not download {dest.name}:\n  "
         + "\n  ".join(failures)
+        + kept
         + f"\nDownload it by hand from one of the URLs above into {dest.parent}, "
         f"or point {_env_hint()} at a folder that already has the data."
     )
 
 
-class _ChecksumMismatch(Exception):
-    pass
+def _from_mirror(url: str, part: Path, md5: str, timeout: float, progress: bool | None,
+                 retries: int) -> str | None:
+    """Complete ``part`` from ``url`` and check it; None on success, else why not."""
+    fresh_start = False
+    stalls = 0
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        verb = f"resuming at {offset} bytes" if offset else "downloading"
+        print(f"underbudget: {verb} {url} -> {part.name[:-5]}", file=sys.stderr)
+        try:
+            _transfer(url, part, offset, timeout, progress)
+        except (OSError, http.client.HTTPException) as exc:  # URLError, resets, timeouts
+            grown = part.exists() and part.stat().st_size > offset
+            stalls = 0 if grown else stalls + 1
+            if part.exists() and stalls < retries and _resumable(exc):
+                print(f"underbudget: connection lost ({exc}); resuming", file=sys.stderr)
+                continue
+            return f"{url}: {exc}"
+        digest = md5sum(part)
+        if digest == md5:
+            return None
+        part.unlink()
+        if offset and not fresh_start:  # the kept bytes were not those of this file
+            print(f"underbudget: the resumed file failed its checksum (MD5 {digest}, expected "
+                  f"{md5}); downloading it again from the start", file=sys.stderr)
+            fresh_start = True
+            continue
+        return f"{url}: MD5 {digest}, expected {md5} (file discarded)"
+
+
+def _resumable(exc: BaseException) -> bool:
+    """A dropped or timed-out connection is worth resuming; a refusal or HTTP error is not."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500
+    if isinstance(exc, urllib.error.URLError):
+        return isinstance(exc.reason, (TimeoutError, ConnectionError))
+    return True
+
+
+def _transfer(url: str, part: Path, offset: int, timeout: float,
+              progress: bool | None) -> None:
+    """Append the rest of ``url`` to ``part`` (from ``offset``); raise when cut short."""
+    request = urllib.request.Request(url, headers={"User-Agent": "underbudget"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # nothing left to send: the kept file is complete
+            return
+        raise
+    with response:
+        status = getattr(response, "status", None)
+        if offset and status != 206:  # the server ignored the range: start over
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        with open(part, "ab" if offset else "wb") as fh, _bar(part, total, offset,
+                                                               progress) as bar:
+            while block := response.read(1 << 16):
+                fh.write(block)
+                bar.update(len(block))
+            fh.flush()
+            os.fsync(fh.fileno())
+            written = fh.tell()
+    if total is not None and written < total:
+        raise http.client.IncompleteRead(b"", total - written)
+
+
+def _bar(part: Path, total: int | None, initial: int, progress: bool | None):
+    """A tqdm byte counter on stderr (disabled unless asked or stderr is a terminal)."""
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=part.name[:-5], file=sys.stderr, disable=not show,
+                dynamic_ncols=True)
 
 
 def _env_hint() -> str:
@@ -135,14 +218,21 @@ def _safe_extract(archive: Path, target: Path) -> None:
         raise DataError(f"{archive} is corrupt or truncated ({exc}); delete it and retry") from exc
 
 
-def fetch(name: str, target: Path) -> None:
+def fetch(name: str, target: Path, progress: bool | None = None) -> None:
     """Download (if missing or wrong) and unpack the official files of ``name`` into ``target``."""
     if name not in RESOURCES:
         raise DataError(f"no official download is known for {name!r}")
     target.mkdir(parents=True, exist_ok=True)
     for res in RESOURCES[name]:
         dest = target / res.filename
-        if not (dest.is_file() and md5sum(dest) == res.md5):
-            download_file(res.urls, dest, res.md5)
+        verified = False
+        if dest.is_file():
+            digest = md5sum(dest)
+            verified = digest == res.md5
+            if not verified:
+                print(f"underbudget: {dest} is corrupt (MD5 {digest}, expected {res.md5}); "
+                      "downloading it again", file=sys.stderr)
+        if not verified:
+            download_file(res.urls, dest, res.md5, progress=progress)
         if res.extract:
             _safe_extract(dest, target)
