@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from underbudget.cli import main
@@ -191,3 +192,25 @@ def test_the_next_run_cleans_temp_files_a_killed_writer_left(tmp_path):
     os.utime(stale, (time.time() - 3600,) * 2)
     assert main(["report", str(path)]) == 0
     assert not stale.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_started_on_the_cpu_resumes_on_the_gpu(tmp_path, capsys, monkeypatch):
+    from underbudget.train.trainer import Trainer
+
+    args = ["run", "tiny", "--quiet", "train.epochs=3", "--out", str(tmp_path)]
+    original = Trainer._checkpoint
+
+    def stop_after_first_epoch(self, stage_done):
+        original(self, stage_done)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", stop_after_first_epoch)
+    assert main([*args, "--device", "cpu"]) == 130
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    capsys.readouterr()
+    assert main([*args, "--device", "cuda"]) == 0
+    assert "resuming from stage 0, epoch 2 (1 done)" in capsys.readouterr().err
+    (path,) = run_dirs(tmp_path)
+    assert json.loads((path / "env.json").read_text())["device"].startswith("cuda")

@@ -217,3 +217,32 @@ def test_a_key_given_twice(tmp_path, capsys, out):
     refused(capsys, ["run", str(tmp_path / "twice.yaml"), "--out", str(out)],
             "key 'lr' is given twice (lines 3 and 5)")
     assert not out.exists()
+
+
+def test_npz_arrays_of_the_wrong_type(tmp_path, capsys, out):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "float_labels.npz", x_train=rng.integers(0, 255, (40, 8, 8),
+                                                                 dtype=np.uint8),
+             y_train=np.zeros(40) + 0.5, x_test=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8),
+             y_test=np.zeros(20))
+    refused(capsys, ["run", "tiny", "--dry-run", f"data.name=npz:{tmp_path}/float_labels.npz",
+                     "data.options={}"], "y_train has dtype float64")
+
+
+def test_a_data_error_found_late_leaves_no_run_directory(tmp_path, capsys, out):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "bad_labels.npz", x_train=rng.integers(0, 255, (40, 8, 8),
+                                                               dtype=np.uint8),
+             y_train=np.arange(40) % 4 - 1, x_test=rng.integers(0, 255, (20, 8, 8),
+                                                                dtype=np.uint8),
+             y_test=np.arange(20) % 4)  # the headers are fine: only the reader sees label -1
+    refused(capsys, ["run", "tiny", "--quiet", "--out", str(out),
+                     f"data.name=npz:{tmp_path}/bad_labels.npz", "data.options={}"], "label")
+    assert nothing_in(out)
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert main(["run", "tiny", "--dry-run"]) == 0
+    capsys.readouterr()

@@ -22,7 +22,6 @@ import yaml
 
 from .errors import ConfigError, closest
 from .utils.typed import build_dataclass as _build
-from .utils.typed import coerce as _coerce  # noqa: F401  (kept importable from here)
 from .utils.yamlfile import DuplicateKeyError, load_unique, load_yaml
 
 #: Settings that choose where and how a run executes, not what it computes: they are left out
@@ -286,7 +285,8 @@ def list_presets() -> list[str]:
 def resolve_source(source: str) -> dict:
     """Read a preset name or a YAML file path into a nested mapping."""
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    preset_named = (presets_dir() / f"{source}.yaml").is_file()
+    if path.suffix in (".yaml", ".yml") or (path.exists() and not (path.is_dir() and preset_named)):
         values = load_yaml(path, allow_empty=False)
         values.setdefault("name", path.stem)
         return values

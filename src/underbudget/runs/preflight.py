@@ -237,6 +237,10 @@ def _npz_info(path: Path) -> DatasetInfo:
                 if dtype.hasobject:
                     raise DataError(f"{path}: {key} holds Python objects, which are never "
                                     "unpickled; store images as uint8 and labels as integers")
+                want = np.uint8 if key.startswith("x") else np.integer
+                if not np.issubdtype(dtype, want):
+                    raise DataError(f"{path}: {key} has dtype {dtype}; store images as uint8 "
+                                    "in 0..255 and labels as integers")
                 shapes[key] = shape
     except DataError:
         raise
