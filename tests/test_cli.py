@@ -214,3 +214,22 @@ def test_a_run_started_on_the_cpu_resumes_on_the_gpu(tmp_path, capsys, monkeypat
     assert "resuming from stage 0, epoch 2 (1 done)" in capsys.readouterr().err
     (path,) = run_dirs(tmp_path)
     assert json.loads((path / "env.json").read_text())["device"].startswith("cuda")
+
+
+def test_headline_table_shows_cer_and_ece_only_where_runs_have_them():
+    from underbudget.runs.headline import headline_table
+
+    plain = headline_table([("a", {"test_acc": 0.5, "density": 1.0, "wall_time": 2.0})])
+    assert plain.splitlines()[0].split() == ["run", "accuracy", "density", "wall", "time"]
+    rows = headline_table([
+        ("stream", {"final_test_acc": 0.8, "final_density_measured": 0.25, "cer_rate": 1.4,
+                    "wall_time": 700.0}),
+        ("variant", {"source_test_acc": 0.7, "source_test_ece": 0.05, "time": 1.0,
+                     "status": "diverged"}),
+    ]).splitlines()
+    assert rows[0].split() == ["run", "accuracy", "density", "CER", "ECE", "wall", "time",
+                               "status"]
+    assert rows[1].split() == ["stream", "80.00", "%", "25.00", "%", "1.400", "-", "11.7",
+                               "min", "ok"]
+    assert rows[2].split() == ["variant", "70.00", "%", "-", "-", "5.00", "%", "1.0", "s",
+                               "diverged"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ DEMO_PRESET = "app-demo"
 #: command-line flags that are aliases of config keys
 FLAG_KEYS = {"device": "train.device", "amp": "train.amp", "compile": "train.compile",
              "progress": "train.progress"}
-EXIT_SIGTERM, EXIT_SIGINT = 143, 130
+EXIT_SIGTERM, EXIT_SIGINT, EXIT_SIGPIPE = 143, 130, 141
 
 
 class Terminated(KeyboardInterrupt):
@@ -237,7 +238,9 @@ def cmd_show(args) -> int:
     print(f"data:    {cfg.get('data', {}).get('name')}  model: {cfg.get('model', {}).get('name')}")
     summary = run.read_summary()
     table = _headline(run.path)
-    if summary is None:
+    if summary is None and cfg.get("sweep") and table:
+        print(f"status:  sweep; {len(table.splitlines()) - 1} finished run(s) below")
+    elif summary is None:
         state = "interrupted (will resume)" if (run.path / "checkpoint.safetensors").exists() \
             else "not finished"
         print(f"status:  {state}; {len(run.events())} events logged")
@@ -335,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+    except BrokenPipeError:  # the output went into `head` or similar, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

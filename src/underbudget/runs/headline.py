@@ -36,7 +36,9 @@ def _format(column: str, value: Any) -> str:
         return "-"
     if column == "wall time":
         return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
-    if column in ("accuracy", "density", "CER", "ECE"):
+    if column == "CER":  # a sum of per-stage error rates, up to the number of stages
+        return f"{value:.3f}"
+    if column in ("accuracy", "density", "ECE"):
         return f"{100 * value:.2f} %"
     return str(value)
 

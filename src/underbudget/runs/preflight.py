@@ -144,7 +144,12 @@ def check_data(d: DataConfig, where: str = "data") -> DatasetInfo:
             raise ConfigError(
                 f"{where}.options {', '.join(bad)} are not options of dataset {base!r} "
                 f"(it takes: {takes}); if they came with the preset, add {where}.options={{}}")
-    info = describe_data(d, check=True)
+    try:
+        info = describe_data(d, check=True)
+    except DataError as exc:
+        if where == "data":
+            raise
+        raise DataError(f"{where} ({d.name}): {exc}") from None
     for key, size, what in (("limit", info.n_train, "training"), ("test_limit", info.n_test,
                                                                    "test")):
         value = getattr(d, key)
