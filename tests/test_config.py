@@ -123,6 +123,8 @@ def test_platform_settings_do_not_change_the_run_name():
     for numerics in ({"train": {"amp": True}}, {"train": {"compile": True}}):
         values = {"name": "exp", "optim": {"lr": 0.2}, **numerics}
         assert run_name(from_dict(values)) != run_name(base), numerics
+    npz = [from_dict({"data": {"name": "npz", "root": root}}) for root in ("/a.npz", "/b.npz")]
+    assert run_name(npz[0]) != run_name(npz[1])  # there the root names the data itself
     assert is_platform_key("track.project") and is_platform_key("executor.name")
     assert not is_platform_key("trainer") and not is_platform_key("train.amp")
     assert "train.device" in PLATFORM_KEYS

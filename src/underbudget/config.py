@@ -37,7 +37,7 @@ PLATFORM_KEYS: tuple[str, ...] = (
     "train.checkpoint",  # whether to checkpoint every epoch (resumability, not results)
     "train.channels_last",  # a CUDA memory layout
     "train.deterministic",  # deterministic CUDA kernels (reproducibility on one machine)
-    "data.root",  # where the dataset files are on this machine
+    "data.root",  # where a named dataset's files are here (for npz/imagefolder: the data)
     "data.download",  # whether missing files may be fetched (checksummed)
     "track",  # tracker section: backends, project, group, run name
     "executor",  # how runs are dispatched (serial, processes, Ray, Slurm)
@@ -326,8 +326,9 @@ def non_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
     ref = ExperimentConfig()
     ref.method = type(cfg.method)()
     mine, base = flatten(to_dict(cfg)), flatten(to_dict(ref))
-    return {k: v for k, v in mine.items()
-            if k != "name" and not is_platform_key(k) and base.get(k, object()) != v}
+    keep = {"data.root"} if cfg.data.name in ("npz", "imagefolder") else set()  # root is the data
+    return {k: v for k, v in mine.items() if k != "name" and base.get(k, object()) != v
+            and (k in keep or not is_platform_key(k))}
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:

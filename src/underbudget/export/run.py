@@ -138,7 +138,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     return ExportResult(out_dir, written, sizes, card)
 
 
-def load_model(export_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(export_dir: str | os.PathLike,
+               device: str | torch.device = "cpu") -> torch.nn.Module:
     """The plain architecture of an export, built from its card, holding its weights."""
     folder = Path(export_dir)
     try:
