@@ -71,7 +71,9 @@ def test_errors_are_one_line(tmp_path, capsys):
 
 
 def test_dry_run_prints_resolved_config(capsys):
-    assert main(["run", "app-demo", "--dry-run", "method.megabatches=4"]) == 0
+    # --dry-run also locates the data: synthetic keeps this test independent of the machine
+    assert main(["run", "app-demo", "--dry-run", "method.megabatches=4", "data.name=synthetic",
+                 "data.limit=500"]) == 0
     out = capsys.readouterr().out
     assert "megabatches: 4" in out and "strategy:" in out
 
