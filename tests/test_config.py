@@ -107,3 +107,68 @@ def test_exponent_notation_without_a_dot_is_a_number():
     assert cfg.optim.weight_decay == 5e-4 and cfg.optim.lr == 0.01
     with pytest.raises(ConfigError, match="expected a number"):
         from_dict({"optim": {"lr": "fast"}})
+
+
+def test_platform_settings_do_not_change_the_run_name():
+    from underbudget.config import PLATFORM_KEYS, is_platform_key
+
+    base = from_dict({"name": "exp", "optim": {"lr": 0.2}})
+    same = [{"train": {"device": "cpu"}}, {"train": {"device": "cuda:1", "progress": False}},
+            {"track": {"backends": ["tensorboard"], "project": "p"},
+             "train": {"checkpoint": False}},
+            {"train": {"channels_last": True, "deterministic": True}},
+            {"data": {"root": "/elsewhere", "download": True}}]
+    for extra in same:
+        values = {"name": "exp", "optim": {"lr": 0.2}, **extra}
+        assert run_name(from_dict(values)) == run_name(base), extra
+    for numerics in ({"train": {"amp": True}}, {"train": {"compile": True}}):
+        values = {"name": "exp", "optim": {"lr": 0.2}, **numerics}
+        assert run_name(from_dict(values)) != run_name(base), numerics
+    npz = [from_dict({"data": {"name": "npz", "root": root}}) for root in ("/a.npz", "/b.npz")]
+    assert run_name(npz[0]) != run_name(npz[1])  # there the root names the data itself
+    assert is_platform_key("track.project") and is_platform_key("executor.name")
+    assert not is_platform_key("trainer") and not is_platform_key("train.amp")
+    assert "train.device" in PLATFORM_KEYS
+
+
+def test_yaml_keys_given_twice_are_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is given twice \(lines 2 and 3\)"):
+        load_config(str(path))
+    merged = tmp_path / "merged.yaml"  # a merge key may be overridden: that is YAML's intent
+    merged.write_text("base: &b {lr: 0.1, momentum: 0.5}\noptim:\n  <<: *b\n  lr: 0.3\n")
+    from underbudget.config import load_yaml
+
+    assert load_yaml(merged)["optim"] == {"lr": 0.3, "momentum": 0.5}
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_override("model.kwargs={a: 1, a: 2}")
+
+
+def test_overrides_given_twice_are_refused():
+    with pytest.raises(ConfigError, match="seed is given twice"):
+        apply_overrides({}, ["seed=1", "seed=2"])
+    with pytest.raises(ConfigError, match="optim.lr overlaps optim"):
+        apply_overrides({}, ["optim={lr: 1}", "optim.lr=2"])
+
+
+def test_unusable_config_files(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(str(tmp_path / "empty.yaml"))
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # all defaults, said explicitly
+    assert load_config(str(tmp_path / "defaults.yaml")).name == "defaults"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match=r"is a directory.*run/config.yaml"):
+        load_config(str(tmp_path / "run"))
+
+
+def test_non_finite_numbers_and_long_names_are_refused():
+    for lr in (float("nan"), float("inf"), "nan", 0.0):
+        with pytest.raises(ConfigError, match="optim.lr"):
+            from_dict({"optim": {"lr": lr}})
+    with pytest.raises(ConfigError, match="optim.weight_decay"):
+        from_dict({"optim": {"weight_decay": float("nan")}})
+    with pytest.raises(ConfigError, match="name is 300 characters"):
+        from_dict({"name": "x" * 300})

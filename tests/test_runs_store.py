@@ -62,3 +62,76 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_weights_and_masks_files_are_byte_reproducible(tmp_path):
+    from underbudget.models import save_weights
+    from underbudget.sparsity import prune
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    masks = prune(model, density=0.5, criterion="magnitude")
+    weights, mask_files = set(), set()
+    for i in range(12):  # the metadata order of plain safetensors.save changes between calls
+        save_weights(model, tmp_path / f"w{i}.safetensors")
+        masks.save(tmp_path / f"m{i}.safetensors", {"level": "1"})
+        weights.add((tmp_path / f"w{i}.safetensors").read_bytes())
+        mask_files.add((tmp_path / f"m{i}.safetensors").read_bytes())
+    assert len(weights) == 1 and len(mask_files) == 1
+
+
+def test_reproducible_writer_matches_safetensors(tmp_path):
+    from safetensors.torch import load, save
+
+    from underbudget.utils.tensorfile import safetensors_bytes
+
+    tensors = {"b": torch.randn(3, 4), "a": torch.arange(5, dtype=torch.int8),
+               "flag": torch.tensor(True), "h": torch.randn(2, dtype=torch.bfloat16)}
+    assert safetensors_bytes(tensors) == save(tensors)  # same layout, byte for byte
+    back = load(safetensors_bytes(tensors, {"z": "1", "a": "2"}))
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "new.json", {"v": 1})
+        mode = stat.S_IMODE((tmp_path / "new.json").stat().st_mode)
+        assert mode == 0o644  # not mkstemp's owner-only 0o600
+        os.chmod(tmp_path / "new.json", 0o640)
+        write_json(tmp_path / "new.json", {"v": 2})  # a rewrite keeps the file's mode
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    from underbudget.utils.atomic import clean_stale_temps
+
+    (tmp_path / "report").mkdir()
+    stale = tmp_path / "report" / ".summary.csv.ab12cd_9.tmp"
+    live = tmp_path / ".summary.json.zz99yy00.tmp"
+    other = tmp_path / "notes.tmp"
+    for path in (stale, live, other):
+        path.write_text("x")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(other, (hour_ago, hour_ago))
+    assert clean_stale_temps(tmp_path) == [stale]
+    assert live.exists() and other.exists() and not stale.exists()
+
+
+def test_last_checkpoint_reads_the_position_from_the_header(tmp_path):
+    from underbudget.runs.store import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    run = Run(tmp_path / "r" / "level-01")
+    run.log("epoch", loss=1.0)
+    run.save_checkpoint({"stage": 0, "epoch": 3, "stage_done": False, "w": torch.zeros(2)})
+    folder, pos = last_checkpoint(tmp_path)
+    assert folder == run.path and pos == {"stage": 0, "epoch": 3, "stage_done": False}

@@ -1,15 +1,41 @@
-"""Command line: ``underbudget run|sweep|report|show|list|demo``."""
+"""Command line: ``underbudget run|sweep|report|show|export|list|demo``.
+
+Every error a user can cause is one line naming the fix, exit status 2, and nothing written.
+SIGTERM (what Slurm sends before preemption) stops a run like Ctrl-C: the last epoch
+checkpoint is kept, the same command resumes it, and the exit status is 143 (130 for Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
-from .errors import UnderbudgetError
+from .errors import ConfigError, UnderbudgetError
 
 DEMO_PRESET = "app-demo"
+#: command-line flags that are aliases of config keys
+FLAG_KEYS = {"device": "train.device", "amp": "train.amp", "compile": "train.compile",
+             "progress": "train.progress"}
+EXIT_SIGTERM, EXIT_SIGINT, EXIT_SIGPIPE = 143, 130, 141
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled exactly like Ctrl-C (checkpoint kept, run resumable)."""
+
+
+def _platform_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="alias of train.device (auto, cpu, cuda, cuda:N, mps)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="alias of train.amp (bf16 autocast on CUDA)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="alias of train.compile (torch.compile)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="alias of train.progress (progress bars and epoch lines)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="overrides such as optim.lr=0.05 seed=1")
     run.add_argument("--out", help="runs root (default $UNDERBUDGET_RUNS or ./runs)")
     run.add_argument("--force", action="store_true", help="delete a finished run and redo it")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved config only")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the config (names, files, device) and print it resolved")
     run.add_argument("--quiet", action="store_true", help="less output")
+    _platform_flags(run)
 
     sweep = sub.add_parser("sweep", help="run a grid: key=a,b,c overrides expand to runs")
     sweep.add_argument("source")
@@ -34,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="key=value (fixed) or key=a,b,c (swept: one run per value)")
     sweep.add_argument("--out")
     sweep.add_argument("--force", action="store_true")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="check every run of the grid and print the resolved config")
     sweep.add_argument("--quiet", action="store_true")
+    _platform_flags(sweep)
 
     report = sub.add_parser("report", help="tables and plots over finished runs")
     report.add_argument("paths", nargs="+", help="run directories or directories of runs")
@@ -43,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a run's config summary and results")
     show.add_argument("path")
 
+    export = sub.add_parser("export", help="write a run's model compactly (sparse, integer) "
+                                           "with a model card")
+    export.add_argument("run", help="a finished run directory (a train run, a lottery level, "
+                                    "an anytime run, a compress_transfer variant)")
+    export.add_argument("--out", help="output directory (default: RUN/export)")
+
     lst = sub.add_parser("list", help="list presets, models, datasets or methods")
     lst.add_argument("what", choices=["presets", "models", "datasets", "methods"])
 
@@ -50,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*")
     demo.add_argument("--out")
     demo.add_argument("--force", action="store_true")
+    _platform_flags(demo)
     return p
 
 
@@ -61,15 +99,35 @@ def _split_sweep(overrides: list[str]) -> tuple[list[str], dict]:
         key, _ = parse_override(text)
         raw = text.split("=", 1)[1]
         if "," in raw and not raw.strip().startswith("["):
-            grid[key] = [parse_override(f"x={part}")[1] for part in raw.split(",")]
+            parts = raw.split(",")
+            if any(not part.strip() for part in parts):
+                raise ConfigError(f"{text}: a swept value is empty; list the values like "
+                                  f"{key}=a,b,c")
+            grid[key] = [parse_override(f"x={part}")[1] for part in parts]
         else:
             fixed.append(text)
     return fixed, grid
 
 
+def _flag_overrides(args, overrides: list[str]) -> list[str]:
+    """The platform flags as ``key=value`` overrides (refusing a key also given as one)."""
+    given = {text.split("=", 1)[0].strip() for text in overrides if "=" in text}
+    out = []
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if key in given:
+            raise ConfigError(f"--{flag} and {key}=... both set {key}; keep one")
+        out.append(f"{key}={json.dumps(value) if isinstance(value, bool) else value}")
+    return out
+
+
 def cmd_run(args, sweep: bool = False) -> int:
-    from .config import load_config, to_yaml
-    from .runs.launch import run_experiment
+    from .config import load_config, run_name, to_yaml
+    from .runs import runs_root
+    from .runs.launch import check_experiment, run_experiment
+    from .runs.preflight import check_folder
 
     overrides = list(args.overrides)
     if sweep:
@@ -77,11 +135,19 @@ def cmd_run(args, sweep: bool = False) -> int:
         if not grid:
             raise UnderbudgetError("sweep needs at least one key=a,b,... override")
         overrides.append(f"sweep={json.dumps(grid)}")
+    overrides += _flag_overrides(args, overrides)
     cfg = load_config(args.source, overrides)
+    planned = runs_root(args.out) / run_name(cfg)
     if getattr(args, "dry_run", False):
+        check_experiment(cfg)
+        check_folder(planned.parent)
         print(to_yaml(cfg), end="")
+        print(f"config ok; it would run in {planned}", file=sys.stderr)
         return 0
-    path = run_experiment(cfg, args.out, force=args.force, quiet=args.quiet)
+    try:
+        path = run_experiment(cfg, args.out, force=args.force, quiet=args.quiet)
+    except KeyboardInterrupt as exc:
+        return _stopped(exc, planned)
     _finish(path)
     from .report import collect
 
@@ -92,20 +158,66 @@ def cmd_run(args, sweep: bool = False) -> int:
     return 1 if failed else 0
 
 
+def _stopped(exc: KeyboardInterrupt, planned: Path) -> int:
+    """Say where an interrupted run stopped and how to resume it; return the exit status."""
+    from .runs.store import last_checkpoint
+
+    how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C (SIGINT)"
+    found = last_checkpoint(planned)
+    if found is None:
+        where = f"before the first checkpoint of {planned}"
+    else:
+        folder, pos = found
+        where = (f"at stage {pos['stage']}, epoch {pos['epoch']} (checkpoint kept in {folder})"
+                 if not pos.get("stage_done") else
+                 f"after stage {pos['stage']} (checkpoint kept in {folder})")
+    print(f"stopped by {how} {where}; run the same command to resume", file=sys.stderr)
+    return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+
+
+def _headline(path: Path) -> str:
+    from .report import collect
+    from .runs.headline import headline_table
+
+    records = collect([path])
+    return headline_table([(str(r.path.relative_to(path)) if r.path != path else r.path.name,
+                            r.summary) for r in records])
+
+
 def _finish(path: Path) -> None:
     from .report import write_report
 
     report_dir = path / "report"
     if not (report_dir / "report.md").exists() or (path / "summary.json").exists():
         write_report([path], report_dir)
+    table = _headline(path)
+    if table:
+        print(table)
     print(f"results: {path}")
     print(f"report:  {report_dir / 'report.md'}")
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .report import collect, write_report
+    from .runs.preflight import check_folder
+    from .utils.atomic import clean_stale_temps
 
+    for raw in args.paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ConfigError(f"no run or folder at {raw}; give a run directory or a folder "
+                              "of runs")
+        if not path.is_dir():
+            raise ConfigError(f"{raw} is a file; give a run directory or a folder of runs")
+    if not collect(args.paths):
+        raise ConfigError(f"no finished run at or below {', '.join(args.paths)} (a finished "
+                          "run has summary.json); run one first, or give another folder")
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; name the report folder, or leave --out out for "
+                          "<first path>/report")
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    check_folder(out, "the report folder")
+    clean_stale_temps(out)
     result = write_report(args.paths, out)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out / 'report.md'} ({result['runs']} runs)")
@@ -125,16 +237,34 @@ def cmd_show(args) -> int:
           f"seed: {cfg.get('seed')}")
     print(f"data:    {cfg.get('data', {}).get('name')}  model: {cfg.get('model', {}).get('name')}")
     summary = run.read_summary()
-    if summary is None:
+    table = _headline(run.path)
+    if summary is None and cfg.get("sweep") and table:
+        print(f"status:  sweep; {len(table.splitlines()) - 1} finished run(s) below")
+    elif summary is None:
         state = "interrupted (will resume)" if (run.path / "checkpoint.safetensors").exists() \
             else "not finished"
         print(f"status:  {state}; {len(run.events())} events logged")
-    else:
+    if table:
+        print(table)
+    if summary is not None:
         print("summary:")
         for key, value in summary.items():
             if isinstance(value, (dict, list)):
                 continue
             print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    result = export_run(args.run, args.out)
+    print(f"export: {result.out}")
+    dense = result.sizes["dense"]
+    for form, size in result.sizes.items():
+        print(f"  {form:10s} {result.files[form].name:24s} {size:>12,d} bytes  "
+              f"{size / dense:6.1%} of dense")
+    print(f"card:   {result.out / 'model_card.md'}")
     return 0
 
 
@@ -168,6 +298,29 @@ def cmd_demo(args) -> int:
     return cmd_run(args)
 
 
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly():
+    """While a command runs, SIGTERM raises :class:`Terminated` (in the main thread only)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+COMMANDS = {"run": cmd_run, "sweep": lambda a: cmd_run(a, sweep=True), "report": cmd_report,
+            "show": cmd_show, "export": cmd_export, "list": cmd_list, "demo": cmd_demo}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``underbudget`` console script."""
     parser = _parser()
@@ -177,23 +330,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "sweep":
-            return cmd_run(args, sweep=True)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "show":
-            return cmd_show(args)
-        if args.command == "list":
-            return cmd_list(args)
-        return cmd_demo(args)
+        with _sigterm_stops_cleanly():
+            return COMMANDS[args.command](args)
     except UnderbudgetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+    except BrokenPipeError:  # the output went into `head` or similar, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,9 @@
 An experiment config has fixed sections (``data``, ``model``, ``optim``, ``train``,
 ``sparsity``) and one ``method`` section whose type is chosen by ``method.name`` from the
 method registry. Unknown keys and wrong types are rejected with the closest valid name.
+
+A run's identity (its directory name, the hash of its non-default settings) leaves out the
+*platform* settings in :data:`PLATFORM_KEYS`: where and how it executes, not what it computes.
 """
 
 from __future__ import annotations
@@ -10,15 +13,42 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from .errors import ConfigError, closest
+from .utils.typed import build_dataclass as _build
+from .utils.yamlfile import DuplicateKeyError, load_unique, load_yaml
+
+#: Settings that choose where and how a run executes, not what it computes: they are left out
+#: of the run's name and hash, so a run started on one device (or with progress bars, trackers,
+#: another checkpoint cadence or executor) resumes on another. A key matches an entry equal
+#: to it or below it (``track`` covers ``track.project``). ``train.amp`` (bf16 autocast) and
+#: ``train.compile`` are NOT platform settings: they change the arithmetic, so a run with
+#: either is another run.
+PLATFORM_KEYS: tuple[str, ...] = (
+    "train.device",  # cpu, cuda:1, mps...: the same computation on other hardware
+    "train.progress",  # progress bars and epoch lines
+    "train.checkpoint",  # whether to checkpoint every epoch (resumability, not results)
+    "train.channels_last",  # a CUDA memory layout
+    "train.deterministic",  # deterministic CUDA kernels (reproducibility on one machine)
+    "data.root",  # where a named dataset's files are here (for npz/imagefolder: the data)
+    "data.download",  # whether missing files may be fetched (checksummed)
+    "track",  # tracker section: backends, project, group, run name
+    "executor",  # how runs are dispatched (serial, processes, Ray, Slurm)
+    "workers",  # how many processes run them
+)
+#: the run directory name is ``<name>-<hash>``; file systems allow 255 bytes per name
+MAX_NAME_LENGTH = 200
+
+
+def is_platform_key(key: str) -> bool:
+    """Whether the dotted ``key`` is a platform setting (see :data:`PLATFORM_KEYS`)."""
+    return any(key == p or key.startswith(p + ".") for p in PLATFORM_KEYS)
 
 
 @dataclass
@@ -163,110 +193,6 @@ class ExperimentConfig:
     report: dict = field(default_factory=dict)  # options for the report (method-specific)
 
 
-# --------------------------------------------------------------------------- type checking
-
-_NONE = type(None)
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_dataclass_type(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert int→float and tuples→lists."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and _NONE in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is _NONE:
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if _is_dataclass_type(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of settings, got {value!r}")
-        return _build(tp, value, where)
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is _NONE:
-        return "null"
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(cls: type, values: dict, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, rejecting unknown keys."""
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}'{closest(key, names)}; "
-                f"valid keys{' of ' + where if where else ''}: {', '.join(names)}"
-            )
-        sub = f"{where}.{key}" if where else key
-        kwargs[key] = _coerce(value, hints[key], sub)
-    return cls(**kwargs)
-
-
 # --------------------------------------------------------------------------- building
 
 
@@ -303,22 +229,6 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with a clear error for syntax problems."""
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return values
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key.sub=value``; the value is read as YAML (numbers, lists, true/null)."""
     if "=" not in text:
@@ -328,10 +238,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_unique(raw) if raw.strip() else None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {text!r}: {exc.args[0].split(' (lines')[0]}") from None
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def check_repeated(keys: list[str], where: str = "on the command line") -> None:
+    """Refuse a key given twice (or a key and a section holding it): one of them would be lost.
+    """
+    seen: list[str] = []
+    for key in keys:
+        for other in seen:
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                same = "is given twice" if key == other else f"overlaps {other}"
+                raise ConfigError(f"{key} {same} {where}; keep one")
+        seen.append(key)
 
 
 def set_dotted(values: dict, key: str, value: Any) -> None:
@@ -363,7 +287,9 @@ def get_dotted(values: dict, key: str) -> Any:
 def apply_overrides(values: dict, overrides: list[str] | dict) -> dict:
     """Apply ``key=value`` strings (or a mapping of dotted keys) to a nested mapping copy."""
     values = json.loads(json.dumps(values))
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    items = (list(overrides.items()) if isinstance(overrides, dict)
+             else [parse_override(o) for o in overrides])
+    check_repeated([k for k, _ in items])
     for key, value in items:
         set_dotted(values, key, value)
     return values
@@ -385,8 +311,9 @@ def list_presets() -> list[str]:
 def resolve_source(source: str) -> dict:
     """Read a preset name or a YAML file path into a nested mapping."""
     path = Path(source)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        values = load_yaml(path)
+    preset_named = (presets_dir() / f"{source}.yaml").is_file()
+    if path.suffix in (".yaml", ".yml") or (path.exists() and not (path.is_dir() and preset_named)):
+        values = load_yaml(path, allow_empty=False)
         values.setdefault("name", path.stem)
         return values
     preset = presets_dir() / f"{source}.yaml"
@@ -420,11 +347,14 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def non_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Flattened settings that differ from the defaults (the name excluded)."""
+    """Flattened settings that differ from the defaults (the name and platform keys excluded).
+    """
     ref = ExperimentConfig()
     ref.method = type(cfg.method)()
     mine, base = flatten(to_dict(cfg)), flatten(to_dict(ref))
-    return {k: v for k, v in mine.items() if k != "name" and base.get(k, object()) != v}
+    keep = {"data.root"} if cfg.data.name in ("npz", "imagefolder") else set()  # root is the data
+    return {k: v for k, v in mine.items() if k != "name" and base.get(k, object()) != v
+            and (k in keep or not is_platform_key(k))}
 
 
 def config_hash(cfg: ExperimentConfig, length: int = 8) -> str:
@@ -466,8 +396,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise unknown("optimizer (optim.name)", o.name, _OPTIMIZERS)
     if o.schedule not in _SCHEDULES:
         raise unknown("LR schedule (optim.schedule)", o.schedule, _SCHEDULES)
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"optim.lr must be a positive finite number, got {o.lr}")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        raise ConfigError(f"optim.weight_decay must be a finite number >= 0, got {o.weight_decay}")
+    if len(cfg.name.encode()) > MAX_NAME_LENGTH:
+        raise ConfigError(f"name is {len(cfg.name)} characters long; keep it to "
+                          f"{MAX_NAME_LENGTH} (it names the run directory)")
     if t.epochs < 0:
         raise ConfigError(f"train.epochs must be >= 0, got {t.epochs}")
     if t.select not in ("last", "best"):

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from underbudget.errors import CheckpointError
 from underbudget.models.classifier import classifier_of, model_label
-from underbudget.utils.atomic import atomic_path
+from underbudget.utils.tensorfile import write_safetensors
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -187,10 +187,11 @@ def _mismatch_message(model, path, state, expected, missing, unexpected, mismatc
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``model``'s state dict as safetensors, atomically; return the path."""
+    """Write ``model``'s state dict as safetensors, atomically; return the path.
+
+    Equal weights give byte-identical files (metadata keys in a fixed order).
+    """
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", "model": model_label(model)}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    write_safetensors(path, state, {"format": "pt", "model": model_label(model)})
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import flatten
+from ..config import flatten, is_platform_key
 from ..errors import UnderbudgetError
 
 
@@ -99,14 +99,15 @@ def collect(paths: list[str | Path], nested: bool = False) -> list[Record]:
     return sorted(records, key=lambda r: str(r.path))
 
 
-IGNORED = {"seed", "train.progress", "train.device"}
+def _ignored(key: str) -> bool:
+    """The seed and the platform settings (where and how a run executed) are not a setting."""
+    return key == "seed" or is_platform_key(key) or key.startswith("sweep.")
 
 
 def setting_of(rec: Record) -> str:
     """The run's setting: its flattened config without the seed and what cannot change the
     result (progress bars, device, the sweep that generated it)."""
-    flat = {k: v for k, v in flatten(rec.config).items()
-            if k not in IGNORED and not k.startswith("sweep.")}
+    flat = {k: v for k, v in flatten(rec.config).items() if not _ignored(k)}
     return json.dumps(flat, sort_keys=True, default=str)
 
 
@@ -159,7 +160,7 @@ def group_by_setting(records: list[Record]) -> list[tuple[str, list[Record]]]:
     Each seed counts once per group (see :func:`pool_seeds`)."""
     records, _ = pool_seeds(records)
     flats = [flatten(r.config) for r in records]
-    keys = sorted({k for f in flats for k in f} - IGNORED)
+    keys = sorted(k for k in {k for f in flats for k in f} if not _ignored(k))
     varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
     varying = [k for k in varying if not k.startswith("sweep.")]
     groups: dict[str, list[Record]] = {}

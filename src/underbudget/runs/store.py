@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ..errors import ConfigError
 from ..utils.atomic import dumps, write_json, write_text
 from .env import environment
 from .tree import load_tree, save_tree, tree_exists
@@ -34,6 +35,9 @@ from .tree import load_tree, save_tree, tree_exists
 
 def runs_root(root: str | Path | None = None) -> Path:
     """Where runs go: explicit root, else $UNDERBUDGET_RUNS, else ./runs."""
+    if isinstance(root, str) and not root.strip():
+        raise ConfigError("--out is empty; name a folder for the runs, or leave --out out to "
+                          "use $UNDERBUDGET_RUNS or ./runs")
     return Path(root or os.environ.get("UNDERBUDGET_RUNS") or "runs")
 
 
@@ -182,3 +186,20 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+
+def last_checkpoint(path: str | Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint at or below ``path`` and its position (``stage``, ``epoch``,
+    ``stage_done``), read from the file's header only; None when there is none."""
+    from safetensors import safe_open
+
+    found = sorted(Path(path).rglob("checkpoint.safetensors"),
+                   key=lambda p: p.stat().st_mtime) if Path(path).is_dir() else []
+    for ckpt in reversed(found):
+        try:
+            with safe_open(str(ckpt), framework="pt") as fh:
+                state = json.loads((fh.metadata() or {})["underbudget_tree"])["state"]
+            return ckpt.parent, {k: state.get(k) for k in ("stage", "epoch", "stage_done")}
+        except Exception:  # a checkpoint cut short: look at an older one
+            continue
+    return None

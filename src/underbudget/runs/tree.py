@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..utils.atomic import atomic_path
+from ..utils.tensorfile import write_safetensors
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -73,8 +72,7 @@ def save_tree(path: str | Path, tree: Any) -> None:
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     structure = json.dumps(_encode(tree, tensors))
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp), metadata={"underbudget_tree": structure})
+    write_safetensors(path.with_suffix(".safetensors"), tensors, {"underbudget_tree": structure})
 
 
 def load_tree(path: str | Path) -> Any:

@@ -359,8 +359,8 @@ class MaskSet:
         self._changed()
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
-        """Write the masks as safetensors (atomically), with their shapes as metadata."""
-        from safetensors.torch import save
+        """Write the masks as safetensors (atomically, byte-reproducibly), shapes as metadata."""
+        from underbudget.utils.tensorfile import safetensors_bytes
 
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         meta["format"] = FORMAT
@@ -368,7 +368,7 @@ class MaskSet:
         meta["shapes"] = json.dumps({n: list(m.shape) for n, m in self._masks.items()})
         meta["density"] = f"{self.density():.8f}"
         tensors = {n: m.detach().cpu().contiguous() for n, m in self._masks.items()}
-        write_bytes(path, save(tensors, metadata=meta))
+        write_bytes(path, safetensors_bytes(tensors, metadata=meta))
 
     @classmethod
     def load(

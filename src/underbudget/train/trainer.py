@@ -189,6 +189,10 @@ class Trainer:
         set_rng_state(r["rng"])
         self.stage = int(r["stage"])
         self.log("resume", from_stage=int(r["stage"]), from_epoch=int(r["epoch"]))
+        where = (f"after stage {int(r['stage'])}" if r["stage_done"] else
+                 f"from stage {int(r['stage'])}, epoch {int(r['epoch']) + 1} "
+                 f"({int(r['epoch'])} done)")
+        print(f"resuming {where}: {self.run.path}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- training
     def fit(self, loader, epochs: int, *, val_loader=None, eval_loaders: dict | None = None,

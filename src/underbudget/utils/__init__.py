@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic files, seeding, tree (de)serialisation."""
+"""Small shared helpers: atomic and reproducible files, YAML, typed dataclasses, seeding."""

@@ -5,15 +5,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+#: temporary files of :func:`atomic_path`: ``.<name>.<8 random characters>.tmp``
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+#: a temporary file untouched for this long belongs to a writer that was killed
+STALE_AFTER_S = 60.0
+_UMASK: int | None = None
+
+
+def _file_mode(path: Path) -> int:
+    """Mode for a new file at ``path``: the old file's, else what ``open`` would give."""
+    global _UMASK
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        pass
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    The file gets the permissions an ordinary write would give it (``mkstemp`` alone would
+    leave it readable by its owner only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _file_mode(path))
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -61,3 +88,26 @@ def _json_default(obj: Any) -> Any:
 def dumps(obj: Any) -> str:
     """One-line JSON with the same conversions as :func:`write_json`."""
     return json.dumps(obj, default=_json_default)
+
+
+def clean_stale_temps(directory: str | os.PathLike,
+                      older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove temporary files that killed writers left under ``directory``; return them.
+
+    Only names made by :func:`atomic_path` that nothing has written to for ``older_than``
+    seconds are removed (a live writer touches its file on every write).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    now, removed = time.time(), []
+    for here, _, files in os.walk(root):
+        for name in files:
+            if not TEMP_PATTERN.match(name):
+                continue
+            path = Path(here) / name
+            with contextlib.suppress(OSError):
+                if now - path.lstat().st_mtime >= older_than and path.is_file():
+                    path.unlink()
+                    removed.append(path)
+    return removed
