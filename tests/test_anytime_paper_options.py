@@ -190,3 +190,16 @@ def test_warm_start_records_only_the_first_init(tmp_path):
     summary = json.loads((path / "summary.json").read_text())
     assert summary["init_seeds"][1:] == [None, None] and isinstance(summary["init_seeds"][0], int)
     assert not events(path, "reinit")
+
+
+# ----------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("name", ["app-cifar10", "app-cifar100"])
+def test_cifar_presets_follow_the_app_code_and_say_where_they_depart(name):
+    from underbudget.config import load_yaml, presets_dir
+
+    a = load_config(name).method
+    assert (a.prune_layers, a.score_source, a.score_count) == ("conv", "replay", 1250)
+    assert 50_000 // a.megabatches * 0.2 == a.score_count  # int(0.2 × megabatch size)
+    text = load_yaml(presets_dir() / f"{name}.yaml")["description"]
+    for fact in ("ResNet-50", "ResNet-18", "32x32", "45k train / 5k val", "Departs"):
+        assert fact in text
