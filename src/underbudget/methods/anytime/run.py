@@ -20,6 +20,7 @@ from ...train import resolve_device
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, generator
 from ..common import build_model, eval_loader, make_trainer, prepare_data, train_loader
+from .config import AnytimeConfig
 from .plan import StreamPlan, plan_stream
 from .strategies import STRATEGIES, StreamContext, gmp_steps
 from .stream_callback import StreamCallback
@@ -49,7 +50,7 @@ def _scheduled(a, densities: list[float], steps: list[int]) -> list[float]:
     return [densities[-1]] * T
 
 
-def score_indices(acfg, plan: StreamPlan, b: int, seed: int) -> torch.Tensor:
+def score_indices(acfg: AnytimeConfig, plan: StreamPlan, b: int, seed: int) -> torch.Tensor:
     """Training-set indices that score the pruning before megabatch ``b`` (seeded).
 
     The pool is the newest megabatch's training part (``score_source=newest``) or everything
@@ -62,7 +63,7 @@ def score_indices(acfg, plan: StreamPlan, b: int, seed: int) -> torch.Tensor:
     return pool[torch.randperm(pool.numel(), generator=generator(seed, "score", b))[:k]]
 
 
-def prune_targets(acfg, model: torch.nn.Module) -> Targets:
+def prune_targets(acfg: AnytimeConfig, model: torch.nn.Module) -> Targets:
     """The prunable weights: every conv and linear weight (``prune_layers=all``) or the
     convolutions only (``conv``, as the public APP code), less the first/last if excluded."""
     if acfg.prune_layers == "all":
