@@ -6,6 +6,13 @@ With ``e_b`` the test errors after stage b (b = 1..T) on a fixed test set of siz
   number the public APP code reports; it grows with T and |test|);
 - ``cer_rate = sum_b e_b / |test|``: the same area in error-rate units (grows with T);
 - ``anytime_error = cer_rate / T``: the mean test error over stages, comparable across T.
+
+Generalization gaps, each named for what it measures: ``gap_train_test`` (clean training
+accuracy of the stage's data minus test accuracy, the spec's), ``gap_train_val`` (the same
+minus validation accuracy) and ``gap_paper``: the gap the public APP code computes
+(``gen_gap = acc - tacc`` in ``main_anytime_train.py``), the *running* training accuracy of an
+epoch (averaged over its augmented mini-batches while the weights change) minus that epoch's
+validation accuracy, taken at the last epoch of each stage as the code's logs are.
 """
 
 from __future__ import annotations
@@ -91,6 +98,48 @@ def _stage_errors(stage: Mapping[str, Any], b: int, test_size: int, fn: str) -> 
     return round((1.0 - acc) * test_size)
 
 
+def gap_paper(train_acc_running: float, val_acc: float) -> float:
+    """The APP code's generalization gap of one epoch: running training accuracy minus
+    validation accuracy (fractions, not percentages)."""
+    for what, v in (("train_acc_running", train_acc_running), ("val_acc", val_acc)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+            raise MetricInputError(
+                f"gap_paper: {what} must be a fraction in [0, 1], got {v!r} "
+                "(percentages must be divided by 100)")
+    return float(train_acc_running) - float(val_acc)
+
+
+def _running_total(stages: Sequence[Mapping[str, Any]], key: str, fn: str) -> Any:
+    """The last stage's value of a cumulative counter, checked to never fall (or None)."""
+    seen: list[float] = []
+    for b, s in enumerate(stages, start=1):
+        f = s.get(key)
+        if f is None:
+            continue
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 <= f < math.inf:
+            raise MetricInputError(f"{fn}: stage {b} {key} must be >= 0, got {f!r}")
+        if seen and f < seen[-1]:
+            raise MetricInputError(
+                f"{fn}: {key} falls at stage {b} ({seen[-1]} -> {f}); it must be "
+                "the running total, not the per-stage count"
+            )
+        seen.append(f)
+    return stages[-1].get(key)
+
+
+#: summary key -> the cumulative stage counter it totals
+TOTALS = {
+    "total_train_flops": "train_flops_cumulative",
+    "total_prune_flops": "prune_flops_cumulative",
+    "total_eval_flops": "eval_flops_cumulative",
+    "total_flops_spent": "flops_spent_cumulative",
+    "train_samples": "train_samples_cumulative",
+    "prune_samples": "prune_samples_cumulative",
+    "eval_samples": "eval_samples_cumulative",
+    "wall_time_stages": "wall_time_cumulative",
+}
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -105,9 +154,13 @@ def anytime_summary(stages: Sequence[Mapping[str, Any]], test_size: int) -> dict
       ``cer_rate``, ``anytime_error``;
     - ``final_test_acc`` (stage T's ``test_acc``, else ``1 - e_T / |test|``);
     - ``gap_train_test`` (per stage, train_acc - test_acc), ``mean_gap_train_test`` and
-      ``final_gap_train_test``; likewise ``gap_train_val`` for train_acc - val_acc. A stage
+      ``final_gap_train_test``; likewise ``gap_train_val`` for train_acc - val_acc and
+      ``gap_paper`` for the stages' own ``gap_paper`` (see :func:`gap_paper`). A stage
       missing a value has ``None`` in the list; means are over the stages that have one;
-    - ``final_density`` and ``total_train_flops`` (stage T's cumulative FLOPs), or ``None``.
+    - ``final_density`` and the totals of the cumulative counters (stage T's value, checked
+      never to fall, or ``None``): ``total_train_flops``, ``total_prune_flops``,
+      ``total_eval_flops``, ``total_flops_spent``, ``train_samples``, ``prune_samples``,
+      ``eval_samples`` and ``wall_time_stages``.
     """
     fn = "anytime_summary"
     n = _test_size(test_size, fn)
@@ -131,22 +184,14 @@ def anytime_summary(stages: Sequence[Mapping[str, Any]], test_size: int) -> dict
 
     gap_test, gap_val = gaps("test_acc"), gaps("val_acc")
 
-    flops = []
-    for b, s in enumerate(stages, start=1):
-        f = s.get("train_flops_cumulative")
-        if f is None:
-            continue
-        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 <= f < math.inf:
-            raise MetricInputError(
-                f"{fn}: stage {b} train_flops_cumulative must be >= 0, got {f!r}"
-            )
-        if flops and f < flops[-1]:
-            raise MetricInputError(
-                f"{fn}: train_flops_cumulative falls at stage {b} ({flops[-1]} -> {f}); it must be "
-                "the running total, not the per-stage count"
-            )
-        flops.append(f)
-    last_flops = stages[-1].get("train_flops_cumulative")
+    totals = {name: _running_total(stages, key, fn) for name, key in TOTALS.items()}
+    paper = []
+    for b, st in enumerate(stages, start=1):
+        g = st.get("gap_paper")
+        if g is not None and (isinstance(g, bool) or not isinstance(g, numbers.Real)
+                              or not -1 <= g <= 1):
+            raise MetricInputError(f"{fn}: stage {b} gap_paper must be in [-1, 1], got {g!r}")
+        paper.append(None if g is None else float(g))
 
     density = stages[-1].get("density")
     if density is not None and (
@@ -169,6 +214,9 @@ def anytime_summary(stages: Sequence[Mapping[str, Any]], test_size: int) -> dict
         "gap_train_val": gap_val,
         "mean_gap_train_val": _mean([g for g in gap_val if g is not None]),
         "final_gap_train_val": gap_val[-1],
+        "gap_paper": paper,
+        "mean_gap_paper": _mean([g for g in paper if g is not None]),
+        "final_gap_paper": paper[-1],
         "final_density": None if density is None else float(density),
-        "total_train_flops": None if last_flops is None else last_flops,
+        **totals,
     }

@@ -9,6 +9,7 @@ from ...errors import unknown
 
 REPLAY_HELP = "full | none | window:K | buffer:N"
 SCORE_SOURCES = ("newest", "replay")
+PRUNE_LAYERS = ("all", "conv")
 
 
 @dataclass
@@ -17,6 +18,7 @@ class AnytimeConfig(MethodConfig):
 
     Per-stage epochs, selection (``train.select``) and early stopping (``train.patience``)
     come from the ``train`` section; the LR schedule in ``optim`` restarts every stage.
+    docs/anytime.md says which defaults are the APP paper's (or its code's) and which ours.
     """
 
     name: str = "anytime"
@@ -29,12 +31,14 @@ class AnytimeConfig(MethodConfig):
     class_balanced: bool = False  # class-balanced megabatches
     val_fraction: float = 0.1  # of each megabatch, never augmented
     replay: str = "full"  # full | none | window:K | buffer:N
-    warm_start: bool = True  # False: re-initialise the (masked) weights every stage
+    warm_start: bool = True  # False: a fresh seeded init every stage (masks kept)
     reset_optimizer: bool = False  # fresh optimizer state every stage (APP kept one)
     criterion: str = "snip"  # scoring criterion for osp/app (any of the sparsity engine's)
     scope: str = "global"  # global | layerwise | erk | er
-    score_fraction: float = 0.2  # of the stage's training data used to score
-    score_source: str = "newest"  # newest megabatch | replay (all data trained on this stage)
+    prune_layers: str = "all"  # all: conv + linear weights | conv: conv weights (APP code)
+    score_fraction: float = 0.2  # of the scoring pool (see score_source)
+    score_count: int | None = None  # a fixed number of scoring examples instead of a fraction
+    score_source: str = "replay"  # replay (all data trained on this stage, APP code) | newest
     score_batch_size: int = 256
     exclude_first: bool = False
     exclude_last: bool = False
@@ -63,6 +67,19 @@ class AnytimeConfig(MethodConfig):
         if not 0 < self.score_fraction <= 1:
             raise ConfigError(
                 f"method.score_fraction must be in (0, 1], got {self.score_fraction}")
+        if self.score_count is not None and (
+                isinstance(self.score_count, bool) or not isinstance(self.score_count, int)
+                or self.score_count < 1):
+            raise ConfigError(
+                f"method.score_count must be a positive integer (or null to use "
+                f"method.score_fraction), got {self.score_count!r}")
+        if self.prune_layers not in PRUNE_LAYERS:
+            raise unknown("set of pruned layers (method.prune_layers)", self.prune_layers,
+                          PRUNE_LAYERS)
+        if self.prune_layers != "all" and self.strategy == "d2sparse":
+            raise ConfigError(
+                "the anytime d2sparse strategy chooses its own prunable layers: "
+                "set method.prune_layers=all")
         if self.score_source not in SCORE_SOURCES:
             raise unknown("score source (method.score_source)", self.score_source,
                           SCORE_SOURCES)

@@ -9,8 +9,9 @@ from ...utils.atomic import write_text
 
 TABLE_KEYS = ["final_test_acc", "cer_count", "cer_rate", "anytime_error",
               "final_gap_train_test", "mean_gap_train_test", "final_gap_train_val",
+              "final_gap_paper", "mean_gap_paper",
               "final_density_measured", "final_density_scheduled", "final_flops_nonzero",
-              "total_train_flops", "train_time"]
+              "total_train_flops", "total_flops_spent", "train_samples", "wall_time"]
 
 
 def _per_stage(records, key: str) -> tuple[list, list, list]:
@@ -78,6 +79,9 @@ def anytime_report(records, out_dir: Path, options: dict) -> dict:
     text = ["## Anytime comparison", "",
             "CER = Σ_b e_b (test errors after each megabatch); cer_rate = CER / |test|; "
             "anytime_error = cer_rate / T. Gaps are train − test (and train − validation) "
-            "accuracy; densities are measured from the masks over prunable weights.", "",
+            "accuracy; gap_paper is the APP code's running train − validation accuracy of "
+            "each stage's last epoch; densities are measured from the masks over prunable "
+            "weights. Costs count everything spent (discarded epochs, scoring passes and "
+            "evaluation included); wall_time is the run's wall clock.", "",
             markdown(rows, keys)]
     return {"markdown": "\n".join(text), "files": files}

@@ -41,6 +41,7 @@ class StreamContext:
     score_batches: Callable[[int], list]  # megabatch index -> [(x, y), ...]
     seed: int
     input_shape: tuple[int, ...] = ()  # one example's shape (C, H, W)
+    on_scoring: Callable[[str, int], None] | None = None  # (criterion, examples) before a prune
 
 
 @dataclass
@@ -85,11 +86,14 @@ def _prune(ctx: StreamContext, trainer, masks, density: float, b: int,
     crit = criterion or ctx.acfg.criterion
     needs = sparsity.NEEDS.get(crit, ())
     data = ctx.score_batches(b) if "data" in needs else None
+    examples = sum(int(y.numel()) for _, y in data) if data is not None else 0
+    if ctx.on_scoring is not None:  # the cost meter reads the FLOPs of the unpruned network
+        ctx.on_scoring(crit, examples)
     extra = {"input_shape": ctx.input_shape} if "input_shape" in needs else {}
     sparsity.prune(trainer.model, density, criterion=crit, scope=ctx.acfg.scope, data=data,
                    targets=ctx.targets, masks=masks, seed=ctx.seed + 7919 * (b + 1), **extra)
     trainer.log("prune", megabatch=b, criterion=crit, scheduled=density,
-                measured=masks.density())
+                measured=masks.density(), scoring_examples=examples)
 
 
 @register_strategy("dense")
@@ -158,18 +162,29 @@ def set_(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
 
 
 class RewindPoint(Callback):
-    """Holds the weights at the start of each IMP stage (checkpointed, so resume is exact)."""
+    """Holds the weights at the start of each IMP stage (checkpointed, so resume is exact).
+
+    The copy is taken at the stage's first epoch, after every ``before_stage`` hook, so a
+    re-initialisation (``method.warm_start=false``) is what IMP rewinds to.
+    """
 
     name = "imp_rewind"
 
     def __init__(self):
         self.weights: dict[str, torch.Tensor] | None = None
+        self.pending = False
+
+    def before_epoch(self, trainer) -> None:
+        if self.pending:
+            self.weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            self.pending = False
 
     def state_dict(self) -> dict:
-        return {"weights": self.weights}
+        return {"weights": self.weights, "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.weights = state.get("weights")
+        self.pending = bool(state.get("pending", False))
 
 
 @register_strategy("imp")
@@ -180,7 +195,7 @@ def imp(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
     def on_stage(trainer, b: int, phase: int) -> None:
         net = trainer.model
         if phase == 0:
-            rewind.weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            rewind.pending = True
             return
         _prune(ctx, trainer, masks, ctx.densities[b], b, criterion="magnitude")
         state = net.state_dict()
