@@ -5,8 +5,8 @@ A mapping is a LongTensor ``m`` of length ``num_target`` with ``m[t] = s``: targ
 ``num_target <= num_source``.
 
 - RLM: a seeded random injective map, never updated.
-- FLM: from the count matrix ``D[s, t]`` (training images of target class ``t`` that the
-  prompted source model predicts as ``s``), computed once before training.
+- FLM: from the count matrix ``D[s, t]`` (un-augmented training images of target class ``t``
+  that the prompted source model predicts as ``s``), computed once before training.
 - ILM: the FLM map recomputed at the start of every epoch with the current prompt.
 
 Assignment from ``D``: ``"greedy"`` (repeat ``num_target`` times: take the largest remaining
