@@ -137,7 +137,7 @@ TINY_CT = {
     "method": {"name": "compress_transfer",
                "target": {"name": "synthetic", "image_size": 8, "channels": 1, "batch_size": 16,
                           "options": {"num_classes": 4, "n_train": 32, "n_test": 16}},
-               "sparsities": [0.8], "bits": [4], "quant_activations": True, "calib_size": 32,
+               "sparsities": [0.8], "quant": ["ptq-w4a4"], "calib_size": 32,
                "methods": ["lp"], "budgets": ["2shot"], "seeds": [0], "lp": {"epochs": 1}},
 }
 
@@ -171,8 +171,7 @@ def test_quantized_variant_exports_integers_exactly(transfer_run, tmp_path):
 
 def test_qat_variant_exports_its_learned_grid(tmp_path):
     values = json.loads(json.dumps(TINY_CT))
-    values["method"].update(quant_mode="qat", quant_activations=False, sparsities=[],
-                            qat={"epochs": 1})
+    values["method"].update(quant=["qat-w4"], sparsities=[], qat={"epochs": 1})
     root = Path(run_experiment(load_config(values), tmp_path / "runs", quiet=True))
     result = export_run(root / "variants" / "qat-w4", tmp_path / "q")
     steps = load_file(str(root / "variants" / "qat-w4" / "artifacts" /

@@ -24,6 +24,7 @@ from underbudget.metrics import (
     ece,
     ece_from_confidences,
     fit_temperature,
+    legacy_bin_edges,
     mce,
     mce_from_confidences,
     nll,
@@ -57,6 +58,48 @@ def test_ece_mce_hand_example_with_zero_and_one(dtype):
     assert rows[3]["confidence"] is None and rows[3]["accuracy"] is None
     assert rows[4]["accuracy"] == pytest.approx(2 / 3)
     assert rows[4]["confidence"] == pytest.approx(2.9 / 3, abs=1e-7)
+
+
+def test_legacy_binning_differs_on_a_float32_edge_hand_worked_and_torchmetrics():
+    # float32 binary probabilities: top-label confidences 0.6 (right) and 0.55 (wrong), 15 bins.
+    probs = torch.tensor([[0.6, 0.4], [0.45, 0.55]])
+    labels = torch.tensor([0, 0])
+    # default: 0.6 sits exactly on the edge 9/15, so both lie in (8/15, 9/15]:
+    #   ECE = |1 - (0.6 + 0.55)| / 2 = 0.075
+    assert ece(probs, labels, n_bins=15) == pytest.approx(0.075, abs=1e-6)
+    # legacy (Guo et al.): the float32 linspace edge is 0.59999996 < 0.6, so 0.6 moves up to
+    # (0.59999996, 0.6667]: ECE = (|0 - 0.55| + |1 - 0.6|) / 2 = 0.475
+    edges = legacy_bin_edges(15)
+    assert float(edges[9]) < float(torch.tensor(0.6)) < float(edges[10])
+    assert ece(probs, labels, n_bins=15, binning="legacy") == pytest.approx(0.475, abs=1e-6)
+    assert mce(probs, labels, n_bins=15, binning="legacy") == pytest.approx(0.55, abs=1e-6)
+    rows = reliability_data(probs, labels, n_bins=15, binning="legacy")
+    assert [r["count"] for r in rows][8:10] == [1, 1]
+    # torchmetrics bins on the same float32 linspace edges ([lo, hi)), so here it agrees
+    # with the legacy binning and not with the default
+    ref = MulticlassCalibrationError(num_classes=2, n_bins=15, norm="l1")
+    assert float(ref(probs, labels)) == pytest.approx(0.475, abs=1e-6)
+    report = calibration_report(torch.log(probs), labels, n_bins=15, binning="legacy")
+    assert report["binning"] == "legacy" and report["ece"] == pytest.approx(0.475, abs=1e-6)
+
+
+def test_legacy_binning_leaves_a_zero_confidence_out_of_every_bin():
+    conf, correct = [0.0, 0.5], [1, 1]
+    # default: both in [0, 0.5]: |2 - 0.5| / 2 = 0.75. Legacy: 0 is in no bin but counts in N:
+    # |1 - 0.5| / 2 = 0.25
+    assert ece_from_confidences(conf, correct, n_bins=2) == pytest.approx(0.75)
+    assert ece_from_confidences(conf, correct, n_bins=2, binning="legacy") == pytest.approx(0.25)
+    assert mce_from_confidences([0.0], [1], n_bins=2, binning="legacy") == 0.0
+    with pytest.raises(MetricInputError, match="legacy"):
+        ece_from_confidences(conf, correct, binning="guo")
+
+
+def test_legacy_and_default_binning_agree_away_from_the_edges():
+    logits, probs, labels = _random_probs()
+    for n_bins in (10, 15):
+        assert ece(probs, labels, n_bins, binning="legacy") == pytest.approx(
+            ece(probs, labels, n_bins), abs=1e-12
+        )
 
 
 def test_ece_from_probabilities_hits_exact_one():

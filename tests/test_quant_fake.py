@@ -12,6 +12,7 @@ from underbudget.errors import ConfigError
 from underbudget.quant import (
     ActivationQuantizer,
     activation_quantizers,
+    attach_input_quantizer,
     calibrate,
     fake_quantize,
     insert_activation_quantizers,
@@ -234,3 +235,32 @@ def test_named_targets_include_one_dimensional_parameters():
     assert record.weights["4.bias"]["scale_max"] == pytest.approx(float(bias.abs().max()) / 3)
     with pytest.raises(ConfigError, match="did you mean '4.bias'"):
         quantize_weights(model, 3, targets=["4.bais"])
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_activation_quantizer_passes_clipped_straight_through_gradients(signed):
+    q = ActivationQuantizer(bits=3).set_range(0.25, signed=signed)
+    # signed 3-bit grid: codes -3..3, range [-0.75, 0.75]; unsigned: codes 0..7, [0, 1.75]
+    lo, hi = (-0.75, 0.75) if signed else (0.0, 1.75)
+    x = torch.tensor([-2.0, -0.75, -0.3, 0.0, 0.1, 0.74, 0.75, 0.9, 1.75, 3.0], requires_grad=True)
+    out = q(x)
+    with torch.no_grad():
+        expected = q(x.detach())  # the no-gradient path: round, clamp, rescale
+    codes = torch.clamp(torch.round(x.detach() / 0.25), lo / 0.25, hi / 0.25)
+    assert torch.equal(out.detach(), expected) and torch.equal(expected, codes * 0.25)
+    weights = torch.arange(1.0, 11.0)
+    (out * weights).sum().backward()
+    inside = ((x.detach() >= lo) & (x.detach() <= hi)).float()
+    assert torch.equal(x.grad, weights * inside)  # 1 inside the range, 0 where clamped
+
+
+def test_quantized_layer_passes_gradients_to_its_input():
+    layer = nn.Linear(4, 3)
+    q = ActivationQuantizer(bits=4).set_range(0.1, signed=True)
+    attach_input_quantizer(layer, q)
+    x = torch.linspace(-1.2, 1.2, 8).repeat(4, 1).T.contiguous().requires_grad_(True)
+    layer(x).sum().backward()
+    # d/dx of sum(W q(x) + b) = column sums of W inside the range [-0.7, 0.7], 0 outside
+    inside = (x.detach().abs() <= 7 * 0.1).float()
+    assert torch.allclose(x.grad, inside * layer.weight.detach().sum(0))
+    assert x.grad.abs().sum() > 0

@@ -247,7 +247,7 @@ def test_children_of_a_run_are_tracked_in_its_group_with_calibration(tmp_path):
                                "options": {"num_classes": 4, "n_train": 128, "n_test": 64}},
         "model": {"name": "convnet", "kwargs": {"widths": [4, 8]}},
         "train": {"epochs": 1, "device": "cpu", "progress": False},
-        "method": {"name": "compress_transfer", "sparsities": [0.5], "bits": [],
+        "method": {"name": "compress_transfer", "sparsities": [0.5], "quant": [],
                    "target": {"name": "digits", "limit": 100, "test_limit": 40,
                               "batch_size": 16},
                    "methods": ["lp"], "budgets": ["3shot"], "seeds": [0], "lp": {"epochs": 1}},

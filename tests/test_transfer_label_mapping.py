@@ -5,10 +5,14 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from underbudget.data import ImageSet, Loader
+from underbudget.data.augment import Augment
 from underbudget.errors import ConfigError, DataError
 from underbudget.transfer import (
     ExpansivePrompt,
@@ -20,7 +24,7 @@ from underbudget.transfer import (
     hungarian_mapping,
     random_mapping,
 )
-from underbudget.transfer.label_mapping import _hungarian_min_cost
+from underbudget.transfer.label_mapping import _min_cost_assignment
 
 
 def _total(D: torch.Tensor, mapping: torch.Tensor) -> int:
@@ -28,11 +32,23 @@ def _total(D: torch.Tensor, mapping: torch.Tensor) -> int:
 
 
 def _brute_force_best(D: torch.Tensor) -> int:
+    return _brute_force_smallest_optimum(D)[0]
+
+
+def _brute_force_smallest_optimum(D: torch.Tensor) -> tuple[int, list[int]]:
+    """The best total and, among the maps reaching it, the lexicographically smallest."""
     num_source, num_target = D.shape
-    return max(
-        _total(D, torch.tensor(perm))
-        for perm in itertools.permutations(range(num_source), num_target)
-    )
+    best, smallest = None, None
+    for perm in itertools.permutations(range(num_source), num_target):  # lexicographic order
+        total = _total(D, torch.tensor(perm))
+        if best is None or total > best:
+            best, smallest = total, list(perm)
+    return best, smallest
+
+
+def _scipy_best(D: torch.Tensor) -> int:
+    rows, cols = linear_sum_assignment(D.numpy().T, maximize=True)
+    return int(D.numpy().T[rows, cols].sum())
 
 
 def test_random_mapping_is_injective_and_seeded():
@@ -65,9 +81,8 @@ def test_greedy_differs_from_hungarian_on_a_hand_made_matrix():
     assert greedy_mapping(D).tolist() == [0, 1, 2]
     assert _total(D, greedy_mapping(D)) == 11
     # the unique optimum: t0 <- s1 (9), t1 <- s0 (9), t2 <- s2 (1): total 19
-    for backend in ("own", "scipy", "auto"):
-        assert hungarian_mapping(D, backend=backend).tolist() == [1, 0, 2]
-    assert _brute_force_best(D) == 19
+    assert hungarian_mapping(D).tolist() == [1, 0, 2]
+    assert _brute_force_best(D) == 19 == _scipy_best(D)
 
 
 def test_greedy_tie_breaking_is_first_maximum_in_row_major_order():
@@ -79,28 +94,54 @@ def test_greedy_tie_breaking_is_first_maximum_in_row_major_order():
 
 
 @pytest.mark.parametrize("num_source,num_target", [(5, 5), (6, 4), (7, 1), (5, 3)])
-def test_hungarian_backends_agree_with_brute_force(num_source, num_target):
+def test_hungarian_agrees_with_brute_force_and_scipy(num_source, num_target):
     gen = torch.Generator().manual_seed(num_source * 10 + num_target)
     for _ in range(5):
         D = torch.randint(0, 20, (num_source, num_target), generator=gen)
         best = _brute_force_best(D)
-        for backend in ("own", "scipy"):
-            m = hungarian_mapping(D, backend=backend)
-            assert m.unique().numel() == num_target
-            assert _total(D, m) == best
+        m = hungarian_mapping(D)
+        assert m.unique().numel() == num_target
+        assert _total(D, m) == best == _scipy_best(D)
         assert _total(D, greedy_mapping(D)) <= best
 
 
-def test_own_hungarian_matches_scipy_on_larger_rectangular_costs():
+def test_hungarian_matches_scipy_on_larger_rectangular_costs():
     gen = torch.Generator().manual_seed(1)
     D = torch.randint(0, 50, (60, 25), generator=gen)
-    own = hungarian_mapping(D, backend="own")
-    ref = hungarian_mapping(D, backend="scipy")
-    assert _total(D, own) == _total(D, ref)
+    assert _total(D, hungarian_mapping(D)) == _scipy_best(D)
     cost = torch.rand(4, 9, generator=gen).double().numpy()
-    cols = _hungarian_min_cost(cost)
+    cols, u, v = _min_cost_assignment(cost)
     best = min(sum(cost[i, p[i]] for i in range(4)) for p in itertools.permutations(range(9), 4))
     assert sum(cost[i, cols[i]] for i in range(4)) == pytest.approx(best)
+    # the potentials are an optimal dual: feasible, tight on the assignment, 0 on free columns
+    assert (u[:, None] + v[None, :] <= cost + 1e-12).all()
+    assert np.allclose(u + v[cols], cost[np.arange(4), cols])
+    free = np.setdiff1d(np.arange(9), cols)
+    assert np.allclose(v[free], 0.0) and u.sum() + v.sum() == pytest.approx(best)
+
+
+def test_hungarian_on_tied_matrices_is_optimal_and_lexicographically_smallest():
+    # hand-worked: sources are rows. Optimal total 2 is reached by [2, 0], [2, 1] and [1, 2];
+    # the smallest map takes s1 for t0, which needs t1 to move on to s2
+    D = torch.tensor([[0, 0], [1, 0], [2, 1]])
+    assert hungarian_mapping(D).tolist() == [1, 2]
+    assert hungarian_mapping(torch.zeros(5, 3, dtype=torch.long)).tolist() == [0, 1, 2]
+    # a matrix on which scipy and a plain Kuhn-Munkres pick different optima (4 of them)
+    D = torch.tensor([[1, 0, 2], [2, 0, 2], [2, 0, 1], [1, 0, 2]])
+    assert hungarian_mapping(D).tolist() == [1, 0, 3]
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(300):
+        num_source = int(torch.randint(1, 7, (1,), generator=gen))
+        num_target = int(torch.randint(1, num_source + 1, (1,), generator=gen))
+        high = 1 + trial % 3  # counts in {0}, {0, 1} or {0, 1, 2}: ties everywhere
+        D = torch.randint(0, high, (num_source, num_target), generator=gen)
+        best, smallest = _brute_force_smallest_optimum(D)
+        m = hungarian_mapping(D)
+        assert _total(D, m) == best == _scipy_best(D)
+        assert m.tolist() == smallest
+    big = torch.randint(0, 3, (200, 40), generator=gen)  # many optima, one answer
+    assert _total(big, hungarian_mapping(big)) == _scipy_best(big)
+    assert torch.equal(hungarian_mapping(big), hungarian_mapping(big.clone()))
 
 
 def test_too_many_target_classes_is_one_clear_error():
@@ -216,6 +257,37 @@ def test_callback_updates_each_epoch_logs_and_resumes():
     LabelMappingCallback(other.mapper).load_state_dict(state)
     assert other.mapper.mapping.tolist() == [2, 3]
     assert other.mapper.diagnostics() == vp.mapper.diagnostics()
+
+
+class _LeftColumnProbe(nn.Module):
+    """Source model reading the image window's left and right columns: logits [left, right]."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        left, right = z[:, 0, 2:6, 2].mean(1), z[:, 0, 2:6, 5].mean(1)
+        return torch.stack([left, right, torch.zeros_like(left)], dim=1)
+
+
+def test_counts_are_taken_on_unaugmented_images():
+    # target class 0: bright left column; class 1: bright right column. A horizontal flip
+    # swaps them, so flipped images are predicted as the other source class.
+    images = torch.zeros(8, 1, 4, 4, dtype=torch.uint8)
+    images[:5, :, :, 0] = 255
+    images[5:, :, :, 3] = 255
+    labels = torch.tensor([0] * 5 + [1] * 3)
+    data = ImageSet(images, labels, ["left", "right"])
+    loader = Loader(data, 8, shuffle=True, augment=Augment(flip=True), normalize=False, seed=3)
+    mapper = LabelMapper(3, 2, mode="ilm", seed=0)
+    vp = VisualPrompt(_LeftColumnProbe(), ExpansivePrompt(8, 4, 1), mapper, [0.0], [1.0])
+    unaugmented = torch.tensor([[5, 0], [0, 3], [0, 0]])
+    augmented = mapper.compute_counts(vp, loader)  # what the training batches would give
+    assert not torch.equal(augmented, unaugmented)  # the flips do change the counts
+    trainer = SimpleNamespace(
+        model=vp, loader=loader, epoch=0, stage=0, step=0, log=lambda event, **values: None
+    )
+    LabelMappingCallback(mapper).before_epoch(trainer)
+    assert torch.equal(mapper.counts, unaugmented)
+    assert mapper.mapping.tolist() == [0, 1]
+    assert loader.augment == Augment(flip=True)  # the training loader itself is untouched
 
 
 def test_mapping_is_saved_in_the_state_dict():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from underbudget.errors import ConfigError
-from underbudget.transfer import ExpansivePrompt, PadPrompt, PatchPrompt
+from underbudget.transfer import ExpansivePrompt, PadPrompt, PatchPrompt, ShrinkPadPrompt
 
 
 @pytest.mark.parametrize("size,r,channels", [(32, 20, 3), (33, 20, 3), (16, 16, 1), (10, 3, 2)])
@@ -20,9 +20,10 @@ def test_expansive_parameter_count_formula(size, r, channels):
 
 @pytest.mark.parametrize("size,pad", [(32, 4), (31, 1), (9, 4)])
 def test_pad_parameter_count_formula(size, pad):
-    prompt = PadPrompt(size, pad, 3)
-    assert prompt.num_parameters == 3 * (4 * pad * size - 4 * pad**2)
-    assert prompt.r == size - 2 * pad
+    for cls in (PadPrompt, ShrinkPadPrompt):
+        prompt = cls(size, pad, 3)
+        assert prompt.num_parameters == 3 * (4 * pad * size - 4 * pad**2)
+    assert ShrinkPadPrompt(size, pad, 3).r == size - 2 * pad
 
 
 def test_patch_parameter_count_formula():
@@ -68,12 +69,33 @@ def test_only_border_entries_get_gradient_and_init_is_zero():
     assert int((grad != 0).sum()) == prompt.num_parameters
 
 
-def test_pad_prompt_adds_theta_without_sigmoid():
-    prompt = PadPrompt(10, 2, 3)
+def test_shrink_pad_prompt_frames_the_shrunk_image_without_sigmoid():
+    prompt = ShrinkPadPrompt(10, 2, 3)
     with torch.no_grad():
         prompt.theta.fill_(-0.25)
-    out = prompt(torch.rand(1, 3, 6, 6))
+    x = torch.rand(1, 3, 6, 6)
+    out = prompt(x)
     assert torch.allclose(out[0, :, 0, :], torch.full((3, 10), -0.25))
+    assert torch.equal(out[:, :, 2:8, 2:8], x)  # the image, shrunk to 6 x 6, uncovered
+
+
+def test_pad_prompt_draws_its_border_over_the_full_size_image():
+    prompt = PadPrompt(10, 2, 3)
+    with torch.no_grad():
+        prompt.theta.normal_(0, 1)
+    x = torch.rand(2, 3, 7, 7)
+    out = prompt(x)
+    full = F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=False)
+    border = torch.ones(10, 10, dtype=torch.bool)
+    border[2:8, 2:8] = False
+    assert torch.equal(out[:, :, ~border], full[:, :, ~border])  # the image keeps 10 x 10
+    theta = prompt.theta.detach()
+    assert torch.equal(out[:, :, border], full[:, :, border] + theta[:, border])  # no sigmoid
+    same = torch.rand(1, 3, 10, 10)  # an image of the frame's size is not resampled
+    assert torch.equal(prompt(same)[:, :, 4, 4], same[:, :, 4, 4])
+    # Bahng et al.'s 30-pixel border at 224: 3 x (224^2 - 164^2) parameters, none on the image
+    bahng = PadPrompt(224, 30, 3)
+    assert bahng.num_parameters == 69_840 and bahng(torch.rand(1, 3, 32, 32)).shape[-1] == 224
 
 
 def test_patch_prompt_adds_a_corner_patch_to_the_full_image():
@@ -101,8 +123,9 @@ def test_invalid_geometry_and_inputs_are_config_errors():
         ExpansivePrompt(32, 33, 3)
     with pytest.raises(ConfigError, match="positive integer"):
         ExpansivePrompt(32, 0, 3)
-    with pytest.raises(ConfigError, match="pad < 16"):
-        PadPrompt(32, 16, 3)
+    for cls in (PadPrompt, ShrinkPadPrompt):
+        with pytest.raises(ConfigError, match="pad < 16"):
+            cls(32, 16, 3)
     with pytest.raises(ConfigError, match="patch <= 8"):
         PatchPrompt(8, 9, 3)
     prompt = ExpansivePrompt(8, 4, 3)

@@ -10,6 +10,15 @@ Every bin is closed on the right, so the last bin ``((n-1)/n, 1]`` holds a confi
 1.0 (there is no phantom bin past 1). The edges ``k/n`` are rounded to the floating dtype of the
 confidences before comparing, so a float32 confidence written as ``0.2`` sits on the edge 0.2.
 
+Legacy equal-width bins (``binning="legacy"``): the binning of the reference code of Guo et al.
+(2017), which most published ECE tables used. Bin ``b`` is ``(e_b, e_{b+1}]`` with edges
+``e = torch.linspace(0, 1, n + 1)`` computed in float32 (compared as float64). Two differences
+from the default follow: a confidence of exactly 0 lies in no bin (it still counts in N), and
+the float32 edges are not ``k/n`` rounded: for 15 bins the edge 9/15 is 0.59999996, below
+float32(0.6), so a float32 confidence of exactly 0.6 falls in ``(0.6, 0.667]`` instead of
+``(0.533, 0.6]`` (the edges 3, 6..10 of 15 differ this way). Elsewhere the two binnings agree.
+``binning`` applies to equal-width bins only.
+
 Equal-mass bins (``scheme="mass"``, adaptive ECE): the confidences sorted ascending (stable
 sort, so ties keep sample order) are cut into ``n`` consecutive groups whose sizes differ by at
 most one, the larger groups first (``torch.tensor_split``). With fewer samples than bins the
@@ -36,19 +45,24 @@ from torch import Tensor
 from underbudget.metrics._inputs import (
     ArrayLike,
     MetricInputError,
-    as_tensor,
     check_bins,
-    check_finite,
     check_labels,
-    check_nonempty,
     check_probs,
     check_scores,
     to_float64,
+)
+from underbudget.metrics.binning import (
+    BINNINGS,
+    bin_edges,
+    bin_stats,
+    check_binning,
+    legacy_bin_edges,
 )
 from underbudget.metrics.reliability_plot import plot_reliability
 from underbudget.metrics.temperature import TemperatureScaler, fit_temperature
 
 __all__ = [
+    "BINNINGS",
     "adaptive_ece",
     "adaptive_ece_from_confidences",
     "bin_edges",
@@ -59,6 +73,7 @@ __all__ = [
     "ece",
     "ece_from_confidences",
     "fit_temperature",
+    "legacy_bin_edges",
     "mce",
     "mce_from_confidences",
     "nll",
@@ -69,106 +84,46 @@ __all__ = [
     "TemperatureScaler",
 ]
 
-SCHEMES = ("width", "mass")
-
-
-def bin_edges(n_bins: int = 15, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The ``n_bins + 1`` equal-width edges ``k / n_bins``, rounded to ``dtype``, as float64."""
-    n = check_bins(n_bins, "bin_edges")
-    return (torch.arange(n + 1, dtype=torch.float64) / n).to(dtype).to(torch.float64)
-
-
-def _confidences(conf: ArrayLike, correct: ArrayLike, fn: str) -> tuple[Tensor, Tensor, Any]:
-    """Validated CPU float64 confidences and 0/1 correctness, plus the confidences' dtype."""
-    c = as_tensor(conf, "conf", fn)
-    ok = as_tensor(correct, "correct", fn)
-    if c.dim() != 1 or ok.dim() != 1 or c.shape[0] != ok.shape[0]:
-        raise MetricInputError(
-            f"{fn}: conf and correct must be 1-D of the same length, got shapes "
-            f"{tuple(c.shape)} and {tuple(ok.shape)}"
-        )
-    check_nonempty(c.shape[0], fn)
-    if not c.is_floating_point():
-        raise MetricInputError(f"{fn}: conf must be floating point, got {c.dtype}")
-    low, high = check_finite(c, "conf", fn)
-    if low < 0.0 or high > 1.0:
-        raise MetricInputError(
-            f"{fn}: confidences must lie in [0, 1], got [{low:.4g}, {high:.4g}]; "
-            "pass probabilities, not logits"
-        )
-    dtype = c.dtype
-    c = c.detach().cpu().to(torch.float64)
-    ok = ok.detach().cpu()
-    if ok.dtype != torch.bool:
-        ok_f = ok.to(torch.float64)
-        if not bool(((ok_f == 0) | (ok_f == 1)).all()):
-            raise MetricInputError(f"{fn}: correct must be booleans or 0/1 values")
-        ok = ok_f != 0
-    return c, ok.to(torch.float64), dtype
-
-
-def _bin_ids(conf: Tensor, n_bins: int, scheme: str, dtype: Any) -> Tensor:
-    """Bin index of every sample (see the module docstring for both schemes)."""
-    if scheme == "width":
-        inner = bin_edges(n_bins, dtype)[1:-1]
-        return torch.bucketize(conf, inner, right=False)
-    n = conf.shape[0]
-    order = torch.argsort(conf, stable=True)
-    sizes = [n // n_bins + (1 if b < n % n_bins else 0) for b in range(n_bins)]
-    ids = torch.empty(n, dtype=torch.long)
-    ids[order] = torch.repeat_interleave(torch.arange(n_bins), torch.tensor(sizes))
-    return ids
-
-
-def _bins(
-    conf: ArrayLike, correct: ArrayLike, n_bins: int, scheme: str, fn: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-bin count, confidence sum, correct sum, lower and upper edge; and N."""
-    n_bins = check_bins(n_bins, fn)
-    if scheme not in SCHEMES:
-        raise MetricInputError(f"{fn}: scheme must be one of {SCHEMES}, got {scheme!r}")
-    c, ok, dtype = _confidences(conf, correct, fn)
-    ids = _bin_ids(c, n_bins, scheme, dtype)
-    count = torch.bincount(ids, minlength=n_bins)
-    conf_sum = torch.bincount(ids, weights=c, minlength=n_bins)
-    correct_sum = torch.bincount(ids, weights=ok, minlength=n_bins)
-    if scheme == "width":
-        edges = bin_edges(n_bins)
-        lo, hi = edges[:-1], edges[1:]
-    else:
-        lo = torch.full((n_bins,), float("nan"), dtype=torch.float64)
-        hi = lo.clone()
-        lo.scatter_reduce_(0, ids, c, reduce="amin", include_self=False)
-        hi.scatter_reduce_(0, ids, c, reduce="amax", include_self=False)
-    return count, conf_sum, correct_sum, lo, hi, torch.tensor(c.shape[0])
-
 
 def _ece_from_bins(count: Tensor, conf_sum: Tensor, correct_sum: Tensor, n: Tensor) -> float:
     # sum_b |S_b|/N * |acc_b - conf_b| == sum_b |sum_{S_b}(correct - conf)| / N
     return float((correct_sum - conf_sum).abs().sum() / n)
 
 
-def ece_from_confidences(conf: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
+def ece_from_confidences(
+    conf: ArrayLike, correct: ArrayLike, n_bins: int = 15, binning: str = "default"
+) -> float:
     """ECE from top-label confidences in [0, 1] and 0/1 correctness (equal-width bins)."""
-    count, cs, ks, _, _, n = _bins(conf, correct, n_bins, "width", "ece_from_confidences")
+    fn = "ece_from_confidences"
+    count, cs, ks, _, _, n = bin_stats(conf, correct, n_bins, "width", fn, binning)
     return _ece_from_bins(count, cs, ks, n)
 
 
-def mce_from_confidences(conf: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
-    """MCE: the largest |accuracy - confidence| over non-empty equal-width bins."""
-    count, cs, ks, _, _, _ = _bins(conf, correct, n_bins, "width", "mce_from_confidences")
+def mce_from_confidences(
+    conf: ArrayLike, correct: ArrayLike, n_bins: int = 15, binning: str = "default"
+) -> float:
+    """MCE: the largest |accuracy - confidence| over non-empty equal-width bins (0 if none)."""
+    fn = "mce_from_confidences"
+    count, cs, ks, _, _, _ = bin_stats(conf, correct, n_bins, "width", fn, binning)
     full = count > 0
+    if not bool(full.any()):  # legacy binning with every confidence exactly 0
+        return 0.0
     return float(((ks[full] - cs[full]) / count[full]).abs().max())
 
 
 def adaptive_ece_from_confidences(conf: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
     """Adaptive ECE: ECE over equal-mass bins of the sorted confidences."""
-    count, cs, ks, _, _, n = _bins(conf, correct, n_bins, "mass", "adaptive_ece_from_confidences")
+    fn = "adaptive_ece_from_confidences"
+    count, cs, ks, _, _, n = bin_stats(conf, correct, n_bins, "mass", fn)
     return _ece_from_bins(count, cs, ks, n)
 
 
 def reliability_from_confidences(
-    conf: ArrayLike, correct: ArrayLike, n_bins: int = 15, scheme: str = "width"
+    conf: ArrayLike,
+    correct: ArrayLike,
+    n_bins: int = 15,
+    scheme: str = "width",
+    binning: str = "default",
 ) -> list[dict[str, Any]]:
     """Per-bin ``{lo, hi, count, confidence, accuracy}`` for a reliability diagram.
 
@@ -176,7 +131,7 @@ def reliability_from_confidences(
     smallest and largest confidence in the bin. Empty bins have ``None`` for ``confidence``,
     ``accuracy`` (and for ``lo``/``hi`` with equal-mass bins).
     """
-    count, cs, ks, lo, hi, _ = _bins(conf, correct, n_bins, scheme, "reliability_data")
+    count, cs, ks, lo, hi, _ = bin_stats(conf, correct, n_bins, scheme, "reliability_data", binning)
     rows = []
     for b in range(count.shape[0]):
         k = int(count[b])
@@ -200,16 +155,19 @@ def _top_label(probs: ArrayLike, labels: ArrayLike, fn: str) -> tuple[Tensor, Te
     return conf, pred == y
 
 
-def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
-    """Expected calibration error of (N, C) probabilities, equal-width bins."""
+def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "default") -> float:
+    """Expected calibration error of (N, C) probabilities, equal-width bins.
+
+    ``binning="legacy"`` reproduces Guo et al. (2017)'s reference binning (module docstring).
+    """
     conf, ok = _top_label(probs, labels, "ece")
-    return ece_from_confidences(conf, ok, n_bins)
+    return ece_from_confidences(conf, ok, n_bins, binning)
 
 
-def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "default") -> float:
     """Maximum calibration error of (N, C) probabilities, equal-width bins."""
     conf, ok = _top_label(probs, labels, "mce")
-    return mce_from_confidences(conf, ok, n_bins)
+    return mce_from_confidences(conf, ok, n_bins, binning)
 
 
 def adaptive_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
@@ -219,11 +177,15 @@ def adaptive_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float
 
 
 def reliability_data(
-    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, scheme: str = "width"
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    scheme: str = "width",
+    binning: str = "default",
 ) -> list[dict[str, Any]]:
     """Reliability rows of (N, C) probabilities; see :func:`reliability_from_confidences`."""
     conf, ok = _top_label(probs, labels, "reliability_data")
-    return reliability_from_confidences(conf, ok, n_bins, scheme)
+    return reliability_from_confidences(conf, ok, n_bins, scheme, binning)
 
 
 def nll(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-12) -> float:
@@ -285,17 +247,24 @@ def _reject_probabilities(z: Tensor, fn: str) -> None:
 
 
 def calibration_report(
-    logits: ArrayLike, labels: ArrayLike, n_bins: int = 15, temperature: float = 1.0
+    logits: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    temperature: float = 1.0,
+    binning: str = "default",
 ) -> dict[str, Any]:
     """Every calibration metric of ``softmax(logits / temperature)`` over the whole set.
 
-    Returns ``n``, ``num_classes``, ``n_bins``, ``temperature``, ``accuracy``, ``errors``,
+    ``binning`` chooses the equal-width bins of ECE, MCE and the reliability rows (``default``
+    or ``legacy``). Returns ``n``, ``num_classes``, ``n_bins``, ``binning``, ``temperature``,
+    ``accuracy``, ``errors``,
     ``ece``, ``mce``, ``adaptive_ece``, ``nll`` (from logits), ``brier``, ``mean_conf``,
     ``mean_conf_correct``, ``mean_conf_incorrect`` and ``reliability`` (equal-width bin rows).
     Softmax is taken in float64; metrics are never computed from raw logits.
     """
     fn = "calibration_report"
     n_bins = check_bins(n_bins, fn)
+    check_binning(binning, fn)
     z = check_scores(logits, "logits", fn)
     _reject_probabilities(z, fn)
     if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -311,18 +280,19 @@ def calibration_report(
         "n": int(z.shape[0]),
         "num_classes": int(z.shape[1]),
         "n_bins": int(n_bins),
+        "binning": binning,
         "temperature": float(temperature),
         "accuracy": stats["accuracy"],
         "errors": int((~ok).sum()),
-        "ece": ece_from_confidences(conf, ok, n_bins),
-        "mce": mce_from_confidences(conf, ok, n_bins),
+        "ece": ece_from_confidences(conf, ok, n_bins, binning),
+        "mce": mce_from_confidences(conf, ok, n_bins, binning),
         "adaptive_ece": adaptive_ece_from_confidences(conf, ok, n_bins),
         "nll": float(torch.nn.functional.cross_entropy(z, y)),
         "brier": brier(probs, y),
         "mean_conf": stats["mean_conf"],
         "mean_conf_correct": stats["mean_conf_correct"],
         "mean_conf_incorrect": stats["mean_conf_incorrect"],
-        "reliability": reliability_from_confidences(conf, ok, n_bins),
+        "reliability": reliability_from_confidences(conf, ok, n_bins, binning=binning),
     }
 
 
@@ -332,6 +302,7 @@ def calibration_before_after(
     test_logits: ArrayLike,
     test_labels: ArrayLike,
     n_bins: int = 15,
+    binning: str = "default",
 ) -> dict[str, Any]:
     """Fit a temperature on the validation split; report test metrics before and after.
 
@@ -341,6 +312,8 @@ def calibration_before_after(
     temperature = fit_temperature(val_logits, val_labels)
     return {
         "temperature": temperature,
-        "before": calibration_report(test_logits, test_labels, n_bins),
-        "after": calibration_report(test_logits, test_labels, n_bins, temperature=temperature),
+        "before": calibration_report(test_logits, test_labels, n_bins, binning=binning),
+        "after": calibration_report(
+            test_logits, test_labels, n_bins, temperature=temperature, binning=binning
+        ),
     }

@@ -1,16 +1,13 @@
 """Fake quantization: post-training (weights and calibrated activations) and LSQ QAT."""
 
-from underbudget.quant.fake import (
+from underbudget.quant.activation import (
     ActivationQuantizer,
-    QuantRecord,
     activation_quantizers,
     attach_input_quantizer,
     calibrate,
-    fake_quantize,
     insert_activation_quantizers,
-    quantize_model,
-    quantize_weights,
 )
+from underbudget.quant.fake import QuantRecord, fake_quantize, quantize_model, quantize_weights
 from underbudget.quant.qat import (
     LSQQuantizer,
     QuantConv1d,

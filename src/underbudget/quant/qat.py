@@ -16,8 +16,9 @@ from the first batch with ``N`` = features per sample.
 :func:`prepare_qat` swaps Conv/Linear layers for :class:`QuantLinear` / :class:`QuantConv2d`
 (subclasses of the float layers that keep the same ``weight`` and ``bias`` parameters and
 names); :func:`convert` folds them back into plain layers holding the quantized weights, with
-a fixed :class:`~underbudget.quant.fake.ActivationQuantizer` on the input when activations were
-quantized, so that the converted model computes exactly what the QAT model computed.
+a fixed :class:`~underbudget.quant.activation.ActivationQuantizer` on the input when
+activations were quantized, so that the converted model computes exactly what the QAT model
+computed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from underbudget.errors import ConfigError, unknown
-from underbudget.quant.fake import ActivationQuantizer, attach_input_quantizer, check_bits, qmax
+from underbudget.quant.activation import ActivationQuantizer, attach_input_quantizer
+from underbudget.quant.grid import check_bits, qmax
 
 _EPS = 1e-8
 

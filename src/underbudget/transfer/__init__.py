@@ -9,7 +9,7 @@ from underbudget.transfer.label_mapping import (
     random_mapping,
 )
 from underbudget.transfer.mapping_callback import LabelMappingCallback
-from underbudget.transfer.prompts import ExpansivePrompt, PadPrompt, PatchPrompt
+from underbudget.transfer.prompts import ExpansivePrompt, PadPrompt, PatchPrompt, ShrinkPadPrompt
 
 __all__ = [
     "ExpansivePrompt",
@@ -19,6 +19,7 @@ __all__ = [
     "LinearProbe",
     "PadPrompt",
     "PatchPrompt",
+    "ShrinkPadPrompt",
     "VisualPrompt",
     "count_matrix",
     "greedy_mapping",

@@ -5,14 +5,15 @@ A mapping is a LongTensor ``m`` of length ``num_target`` with ``m[t] = s``: targ
 ``num_target <= num_source``.
 
 - RLM: a seeded random injective map, never updated.
-- FLM: from the count matrix ``D[s, t]`` (training images of target class ``t`` that the
-  prompted source model predicts as ``s``), computed once before training.
+- FLM: from the count matrix ``D[s, t]`` (un-augmented training images of target class ``t``
+  that the prompted source model predicts as ``s``), computed once before training.
 - ILM: the FLM map recomputed at the start of every epoch with the current prompt.
 
 Assignment from ``D``: ``"greedy"`` (repeat ``num_target`` times: take the largest remaining
 entry, assign that pair, blank its row and column; ties go to the smallest source index, then
 the smallest target index, i.e. the first maximum in row-major order) or ``"hungarian"``
-(an optimal one-to-one map maximising the total count; among several optima, any one).
+(an optimal one-to-one map maximising the total count; among several optima the
+lexicographically smallest map: ``m[0]`` as small as possible, then ``m[1]``, and so on).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from underbudget.errors import ConfigError, DataError, require, unknown
+from underbudget.errors import ConfigError, DataError, unknown
 from underbudget.utils.seeding import generator
 
 MODES = ("rlm", "flm", "ilm")
 ASSIGNMENTS = ("greedy", "hungarian")
-HUNGARIAN_BACKENDS = ("auto", "scipy", "own")
 
 
 def check_class_counts(num_target: int, num_source: int) -> None:
@@ -95,11 +95,13 @@ def greedy_mapping(D: Tensor) -> Tensor:
     return mapping
 
 
-def _hungarian_min_cost(cost: np.ndarray) -> np.ndarray:
+def _min_cost_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Assign each row to a distinct column minimising total cost (rows <= columns).
 
     Shortest augmenting paths with row/column potentials (Kuhn-Munkres in the O(n^2 m) form),
-    with the scan over columns vectorised. Returns the column of each row.
+    with the scan over columns vectorised. Returns the column of each row and the final
+    potentials ``u`` (rows) and ``v`` (columns): an optimal dual, ``u_i + v_j <= cost_ij``
+    with equality on the assignment and ``v_j = 0`` on every column left unassigned.
     """
     n, m = cost.shape
     u = np.zeros(n + 1)
@@ -137,31 +139,92 @@ def _hungarian_min_cost(cost: np.ndarray) -> np.ndarray:
     for j in range(1, m + 1):
         if match[j]:
             rows_to_cols[match[j] - 1] = j - 1
-    return rows_to_cols
+    return rows_to_cols, u[1:], v[1:]
 
 
-def hungarian_mapping(D: Tensor, backend: str = "auto") -> Tensor:
-    """An optimal one-to-one map maximising ``sum_t D[m[t], t]``.
+def _routes_to(
+    goal: int, tight: np.ndarray, col_of: np.ndarray, row_of: np.ndarray, may_be_free: np.ndarray
+) -> np.ndarray:
+    """For every column, the next column on a chain of moves that ends by filling ``goal``.
 
-    ``backend``: ``"scipy"`` (``scipy.optimize.linear_sum_assignment``), ``"own"`` (the
-    built-in implementation) or ``"auto"`` (scipy when importable, else the built-in one).
+    The holder of a column may move to another column along a tight edge; a free column's
+    "holder" is the slack, which may take any column whose potential is 0 (leaving it free).
+    ``next[c] = c'``: the holder of ``c`` moves to ``c'``, whose holder moves on, and so on
+    until someone moves into ``goal``; -1 where no chain exists. Breadth-first from ``goal``
+    over the rows left in ``tight`` (the rows that may still move).
     """
-    if backend not in HUNGARIAN_BACKENDS:
-        raise unknown("Hungarian backend", backend, HUNGARIAN_BACKENDS)
+    nxt = np.full(row_of.shape[0], -1, dtype=np.int64)
+    reached = np.zeros(row_of.shape[0], dtype=bool)
+    reached[goal] = True
+    queue = [goal]
+    slack_used = False  # the slack reaches every free column at once, so only once
+    while queue:
+        following = []
+        for col in queue:
+            for row in np.nonzero(tight[:, col])[0]:
+                held = int(col_of[row])
+                if not reached[held]:
+                    reached[held], nxt[held] = True, col
+                    following.append(held)
+            if may_be_free[col] and not slack_used:
+                slack_used = True
+                free = (row_of < 0) & ~reached
+                reached[free], nxt[free] = True, col
+                following.extend(np.nonzero(free)[0].tolist())
+        queue = following
+    return nxt
+
+
+def _smallest_optimal(cost: np.ndarray) -> np.ndarray:
+    """Among all assignments of minimal total cost, the lexicographically smallest column list.
+
+    One Kuhn-Munkres solve gives an optimum and an optimal dual; every optimal assignment uses
+    only edges of zero reduced cost (tight edges) and leaves free only columns whose potential
+    is 0, and two optima differ by exchanges along such edges. Row by row, the row takes the
+    smallest tight column ``s`` for which a chain of exchanges frees it and refills the row's
+    own column without touching the rows already decided; the assignment stays optimal.
+    """
+    n, m = cost.shape
+    col_of, u, v = _min_cost_assignment(cost)
+    tol = 1e-9 * max(1.0, float(np.abs(cost).max()))
+    tight = np.abs(cost - u[:, None] - v[None, :]) <= tol
+    may_be_free = np.abs(v) <= tol
+    row_of = np.full(m, -1, dtype=np.int64)
+    row_of[col_of] = np.arange(n)
+    for t in range(n):
+        own = int(col_of[t])
+        candidates = tight[t, :own].copy()
+        candidates[col_of[:t][col_of[:t] < own]] = False  # columns of the decided rows
+        candidates = np.nonzero(candidates)[0]
+        if candidates.size == 0:
+            continue
+        movable = tight.copy()
+        movable[: t + 1] = False  # rows up to t keep their columns from here on
+        nxt = _routes_to(own, movable, col_of, row_of, may_be_free)
+        open_candidates = candidates[nxt[candidates] >= 0]
+        if open_candidates.size == 0:
+            continue
+        col = int(open_candidates[0])
+        moves = [(t, col)]
+        while col != own:
+            moves.append((int(row_of[col]), int(nxt[col])))
+            col = int(nxt[col])
+        for row, col in moves:
+            if row >= 0:
+                col_of[row] = col
+            row_of[col] = row
+    return col_of
+
+
+def hungarian_mapping(D: Tensor) -> Tensor:
+    """An optimal one-to-one map maximising ``sum_t D[m[t], t]``; ties broken by a rule.
+
+    Among all optimal maps it returns the lexicographically smallest one: ``m[0]`` as small
+    as any optimum allows, then ``m[1]``, and so on, so the answer never depends on the solver
+    or the machine. Built in (numpy); scipy is not needed.
+    """
     scores = _check_matrix(D).detach().to("cpu", torch.float64).numpy().T  # (target, source)
-    if backend in ("auto", "scipy"):
-        try:
-            from scipy.optimize import linear_sum_assignment
-        except ImportError:
-            if backend == "scipy":
-                require("scipy", "test", "hungarian_mapping(backend='scipy')")
-            linear_sum_assignment = None
-        if linear_sum_assignment is not None:
-            rows, cols = linear_sum_assignment(scores, maximize=True)
-            mapping = np.empty(scores.shape[0], dtype=np.int64)
-            mapping[rows] = cols
-            return torch.from_numpy(mapping)
-    return torch.from_numpy(_hungarian_min_cost(-scores))
+    return torch.from_numpy(_smallest_optimal(-scores))
 
 
 def assign(D: Tensor, assignment: str = "greedy") -> Tensor:

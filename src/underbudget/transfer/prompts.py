@@ -1,22 +1,28 @@
 """Visual prompts: learnable input perturbations that reprogram a frozen source model.
 
 All prompts take target images ``x`` of shape (B, C, H, W), float in [0, 1], any H and W, and
-return (B, channels, S, S) images with ``S = input_size``, in image space BEFORE normalization
-(the caller normalizes with the SOURCE mean/std). A single-channel input is repeated to
-``channels`` channels. Resizing is bilinear (``align_corners=False``, no antialiasing) and is
-skipped when the image already has the target size. With ``theta`` the learnable tensor and
-``M`` the prompt's 0/1 mask:
+return (B, channels, S, S) images with ``S = input_size``, the side of the frame fed to the
+source model, in image space BEFORE normalization (the caller normalizes with the SOURCE
+mean/std). ``S`` need not be the source's training resolution: any S works for a source model
+with a global pool. A single-channel input is repeated to ``channels`` channels. Resizing is
+bilinear (``align_corners=False``, no antialiasing) and is skipped when the image already has
+the target size. With ``theta`` the learnable tensor and ``M`` the prompt's 0/1 mask:
 
-- :class:`ExpansivePrompt` (ILM-VP): ``out = place(resize(x, r), S) + M * sigmoid(theta)``,
-  where ``place`` puts the r×r image at rows/cols ``[l, l + r)`` of a zero S×S canvas with
-  ``l = (S - r) // 2`` (an odd margin leaves the extra pixel at the bottom/right) and ``M`` is
-  1 OUTSIDE that window. ``theta`` has shape (channels, S, S), initialised to 0; entries
-  inside the window never affect the output, so the effective parameter count is
-  ``channels * (S**2 - r**2)``.
-- :class:`PadPrompt` (Bahng et al. 2022): the same geometry with ``r = S - 2p`` (a learnable
-  border of width ``p``), the prompt added WITHOUT a sigmoid by default:
-  ``out = place(resize(x, S - 2p), S) + M * theta``; ``channels * (S**2 - (S - 2p)**2)``
-  effective parameters.
+- :class:`ExpansivePrompt` (ILM-VP, Chen et al. 2023): ``out = place(resize(x, r), S) +
+  M * sigmoid(theta)``, where ``place`` puts the r×r image at rows/cols ``[l, l + r)`` of a
+  zero S×S canvas with ``l = (S - r) // 2`` (an odd margin leaves the extra pixel at the
+  bottom/right) and ``M`` is 1 OUTSIDE that window. ``theta`` has shape (channels, S, S),
+  initialised to 0; entries inside the window never affect the output, so the effective
+  parameter count is ``channels * (S**2 - r**2)``: 147,456 for ILM-VP's 32-pixel CIFAR image
+  in a 224-pixel frame.
+- :class:`PadPrompt` (Bahng et al. 2022, the padding prompt): the image keeps the full frame,
+  ``out = resize(x, S) + M * theta`` with ``M`` 1 on the outer ``p`` pixels of every side (a
+  learnable border drawn OVER the image's own outer pixels), no sigmoid by default;
+  ``channels * (S**2 - (S - 2p)**2)`` parameters (69,840 for Bahng et al.'s p = 30 at 224).
+- :class:`ShrinkPadPrompt`: the image is shrunk to ``S - 2p`` and framed by a learnable border
+  of width ``p``, ``out = place(resize(x, S - 2p), S) + M * theta`` (the expansive geometry
+  with ``r = S - 2p``, no sigmoid); the same count as the pad prompt, but no image pixel is
+  covered.
 - :class:`PatchPrompt` (Bahng et al. 2022, fixed patch): the image is resized to S×S and a
   learnable ``patch``×``patch`` square is added at the top-left corner:
   ``out = resize(x, S) + M * theta`` with ``theta`` of shape (channels, patch, patch) placed at
@@ -125,19 +131,53 @@ class ExpansivePrompt(_Prompt):
         return f"{super().extra_repr()}, r={self.r}, sigmoid={self.sigmoid}"
 
 
-class PadPrompt(ExpansivePrompt):
-    """Bahng et al.'s padding prompt: image resized to ``S - 2p``, learnable border of width p."""
+def _check_pad(input_size: int, pad: int) -> None:
+    _positive("input_size", input_size)
+    _positive("pad", pad)
+    if 2 * pad >= input_size:
+        raise ConfigError(
+            f"pad={pad} leaves no room for the image in a {input_size}×{input_size} input; "
+            f"choose pad < {(input_size + 1) // 2}"
+        )
+
+
+class ShrinkPadPrompt(ExpansivePrompt):
+    """The image shrunk to ``S - 2p`` inside a learnable border of width ``p`` (no sigmoid)."""
 
     def __init__(self, input_size: int, pad: int, channels: int = 3, sigmoid: bool = False):
-        _positive("input_size", input_size)
-        _positive("pad", pad)
-        if 2 * pad >= input_size:
-            raise ConfigError(
-                f"pad={pad} leaves no room for the image in a {input_size}×{input_size} input; "
-                f"choose pad < {(input_size + 1) // 2}"
-            )
+        _check_pad(input_size, pad)
         super().__init__(input_size, input_size - 2 * pad, channels, sigmoid=sigmoid)
         self.pad = pad
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pad={self.pad}"
+
+
+class PadPrompt(_Prompt):
+    """Bahng et al.'s padding prompt: the full-size image plus a learnable border of width p."""
+
+    def __init__(self, input_size: int, pad: int, channels: int = 3, sigmoid: bool = False):
+        super().__init__()
+        _check_pad(input_size, pad)
+        self.input_size = input_size
+        self.pad = pad
+        self.channels = _positive("channels", channels)
+        self.sigmoid = sigmoid
+        mask = torch.ones(1, input_size, input_size)
+        mask[:, pad : input_size - pad, pad : input_size - pad] = 0
+        self.register_buffer("mask", mask)
+        self.theta = nn.Parameter(torch.zeros(channels, input_size, input_size))
+
+    def prompt(self) -> Tensor:
+        """The additive prompt, (channels, S, S), zero inside the border."""
+        values = torch.sigmoid(self.theta) if self.sigmoid else self.theta
+        return self.mask * values
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize(self._prepare(x), self.input_size) + self.prompt()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pad={self.pad}, sigmoid={self.sigmoid}"
 
 
 class PatchPrompt(_Prompt):

@@ -17,10 +17,10 @@ from ...errors import ConfigError, unknown
 from ...sparsity import SCOPES
 
 PRUNE_METHODS = ("omp", "imp", "gradual")
-QUANT_MODES = ("ptq", "qat")
 MAPPINGS = ("rlm", "flm", "ilm")
-PROMPTS = ("expansive", "pad", "patch")
+PROMPTS = ("expansive", "pad", "shrink-pad", "patch")
 ASSIGNMENTS = ("greedy", "hungarian")
+BINNINGS = ("default", "legacy")
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("none", "step", "multistep", "cosine")
 
@@ -86,7 +86,7 @@ class GradualStage:
 
 @dataclass
 class QATStage:
-    """Quantization-aware training (LSQ) of the source, used when ``quant_mode: qat``."""
+    """Quantization-aware training (LSQ) of the source, for the ``qat-*`` variants."""
 
     epochs: int = 1
     optim: SourceTuneOptim = field(default_factory=SourceTuneOptim)
@@ -120,9 +120,10 @@ class VPStage:
     min_steps: int = 0
     batch_size: int | None = None
     prompt: str = "expansive"  # default prompt of 'vp-<mapping>' methods
-    r: int | None = None  # expansive: side of the resized image (None: round(5/7 of the input))
-    pad: int | None = None  # pad prompt width (None: (input - r) // 2)
-    patch: int | None = None  # patch prompt side (None: input // 4)
+    frame: int | None = None  # side of the prompted image fed to the source (None: its input)
+    r: int | None = None  # expansive: side of the resized image (None: round(5/7 of the frame))
+    pad: int | None = None  # pad / shrink-pad border width (None: (frame - r) // 2)
+    patch: int | None = None  # patch prompt side (None: frame // 4)
     assignment: str = "greedy"  # FLM/ILM assignment: greedy | hungarian
     optim: VPOptim = field(default_factory=VPOptim)
 
@@ -145,10 +146,9 @@ class CompressTransferConfig(MethodConfig):
     imp_rewind_epoch: int = 1  # IMP rewinds to the source weights after this epoch (0: init)
     recovery: RecoveryStage = field(default_factory=RecoveryStage)
     gradual: GradualStage = field(default_factory=GradualStage)
-    bits: list[int] = field(default_factory=lambda: [8, 4])
-    quant_mode: str = "ptq"
-    quant_activations: bool = False
-    act_bits: int | None = None  # None: the weight bits
+    # quantized variants '<ptq|qat>-w<bits>[a<bits>]': ptq-w4 (weights only, post-training),
+    # ptq-w8a8 (plus calibrated activations), qat-w4a4 (quantization-aware training)
+    quant: list[str] = field(default_factory=lambda: ["ptq-w8", "ptq-w4"])
     calib_size: int = 512  # source training images that calibrate activation ranges
     qat: QATStage = field(default_factory=QATStage)
     # -- transfer
@@ -162,6 +162,7 @@ class CompressTransferConfig(MethodConfig):
     ft: FTStage = field(default_factory=FTStage)
     vp: VPStage = field(default_factory=VPStage)
     n_bins: int = 15
+    ece_binning: str = "default"  # default | legacy (Guo et al. 2017's reference code)
     transfer_checkpoints: bool = False  # checkpoint transfer runs every epoch (else restart)
     save_weights: bool = False  # keep every transferred model's weights as an artifact
 
@@ -224,11 +225,11 @@ class TransferSpec:
 
 
 def parse_method(text: str) -> TransferSpec:
-    """``lp``, ``ft``, ``vp-<rlm|flm|ilm>`` or ``vp-<mapping>-<expansive|pad|patch>``."""
+    """``lp``, ``ft``, ``vp-<rlm|flm|ilm>`` or ``vp-<mapping>-<expansive|pad|shrink-pad|patch>``."""
     raw = str(text).strip().lower()
     if raw in ("lp", "ft"):
         return TransferSpec(raw)
-    parts = raw.split("-")
+    parts = raw.split("-", 2)
     if parts[0] != "vp" or len(parts) not in (2, 3):
         raise unknown(
             "transfer method (method.methods)",
@@ -241,6 +242,41 @@ def parse_method(text: str) -> TransferSpec:
     if prompt is not None and prompt not in PROMPTS:
         raise unknown(f"visual prompt in {text!r}", prompt, PROMPTS)
     return TransferSpec("vp", parts[1], prompt)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantized variant: ``ptq`` or ``qat``, weight bits, activation bits (None: float)."""
+
+    mode: str
+    bits: int
+    act_bits: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}-w{self.bits}" + (f"a{self.act_bits}" if self.act_bits else "")
+
+
+_QUANT = re.compile(r"^(ptq|qat)-w(\d+)(?:a(\d+))?$")
+
+
+def parse_quant(text: str) -> QuantSpec:
+    """``ptq-w4`` (weights only), ``ptq-w8a8``, ``qat-w4a4``: mode, weight and activation bits."""
+    raw = str(text).strip().lower()
+    match = _QUANT.match(raw)
+    if not match:
+        raise ConfigError(
+            f"method.quant: cannot read {text!r}; name a quantized variant "
+            "'<ptq|qat>-w<bits>[a<bits>]', e.g. ptq-w4 (weights only), ptq-w8a8 or qat-w4a4"
+        )
+    mode, bits, act = match.group(1), int(match.group(2)), match.group(3)
+    act_bits = int(act) if act is not None else None
+    for value in (bits, act_bits):
+        if value is not None and not 2 <= value <= 16:
+            raise ConfigError(
+                f"method.quant: {text!r} asks for {value} bits; bit widths go from 2 to 16"
+            )
+    return QuantSpec(mode, bits, act_bits)
 
 
 def imp_level(sparsity: float, rate: float) -> int:
@@ -296,13 +332,9 @@ def validate_method(m: CompressTransferConfig, cfg: ExperimentConfig) -> None:
             f"method.imp_rewind_epoch={m.imp_rewind_epoch} exceeds the source training's "
             f"train.epochs={cfg.train.epochs}; choose a rewind epoch within source training"
         )
-    for b in m.bits:
-        if isinstance(b, bool) or not 2 <= b <= 16:
-            raise ConfigError(f"method.bits must be integers from 2 to 16 (e.g. 8, 4), got {b}")
-    if m.act_bits is not None and not 2 <= m.act_bits <= 16:
-        raise ConfigError(f"method.act_bits must be from 2 to 16, got {m.act_bits}")
-    if m.quant_mode not in QUANT_MODES:
-        raise unknown("quantization mode (method.quant_mode)", m.quant_mode, QUANT_MODES)
+    quant_names = [parse_quant(q).name for q in m.quant]
+    if len(set(quant_names)) != len(quant_names):
+        raise ConfigError(f"method.quant lists a variant twice: {m.quant}")
     _check_epochs(m.calib_size, "method.calib_size", 1)
     _check_epochs(m.recovery.epochs, "method.recovery.epochs")
     _check_epochs(m.gradual.epochs, "method.gradual.epochs", 1)
@@ -339,9 +371,16 @@ def validate_method(m: CompressTransferConfig, cfg: ExperimentConfig) -> None:
         raise unknown("visual prompt (method.vp.prompt)", m.vp.prompt, PROMPTS)
     if m.vp.assignment not in ASSIGNMENTS:
         raise unknown("label assignment (method.vp.assignment)", m.vp.assignment, ASSIGNMENTS)
-    for key in ("r", "pad", "patch"):
+    for key in ("frame", "r", "pad", "patch"):
         value = getattr(m.vp, key)
         if value is not None and value < 1:
             raise ConfigError(f"method.vp.{key} must be a positive integer, got {value}")
     if m.n_bins < 1:
         raise ConfigError(f"method.n_bins must be at least 1, got {m.n_bins}")
+    if m.vp.frame and m.vp.r and m.vp.r > m.vp.frame:
+        raise ConfigError(
+            f"method.vp.r={m.vp.r} exceeds method.vp.frame={m.vp.frame}: the resized image must "
+            "fit in the frame"
+        )
+    if m.ece_binning not in BINNINGS:
+        raise unknown("ECE binning (method.ece_binning)", m.ece_binning, BINNINGS)

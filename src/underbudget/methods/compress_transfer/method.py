@@ -18,8 +18,9 @@ from ...runs import Run
 from ..registry import register_method
 from .config import CompressTransferConfig, parse_budget, parse_method
 from .context import make_context
+from .prompting import check_frame
 from .report import report
-from .source import source_stage
+from .source import fresh_model, source_stage
 from .transfer import transfer_run
 from .variants import build_variant, load_variant, variant_specs
 
@@ -45,6 +46,9 @@ def run_compress_transfer(cfg: ExperimentConfig, run: Run) -> dict:
             print(text, file=sys.stderr, flush=True)
 
     ctx = make_context(cfg, run)
+    if any(spec.kind == "vp" for spec in (parse_method(x) for x in m.methods)):
+        c, h, _ = ctx.input_shape
+        check_frame(fresh_model(ctx), m.vp.frame or h, c, ctx.source.num_classes, h)
     t0 = time.perf_counter()
     source, source_summary = source_stage(ctx)
     say(f"source: test acc {source_summary['source_test_acc']:.4f}")

@@ -47,7 +47,9 @@ def fresh_model(ctx: Context) -> nn.Module:
 def source_calibration(ctx: Context, model: nn.Module) -> dict:
     """Accuracy and calibration of ``model`` on the source test set."""
     out = evaluate(model, ctx.source_eval_loader("test"), device=ctx.device, return_logits=True)
-    rep = calibration_report(out["logits"], out["labels"], ctx.method.n_bins)
+    rep = calibration_report(
+        out["logits"], out["labels"], ctx.method.n_bins, binning=ctx.method.ece_binning
+    )
     return {
         "source_test_acc": out["acc"],
         "source_test_loss": out["loss"],

@@ -10,7 +10,11 @@
   straight-through estimator. The new head is dense and float in both cases (it is not part
   of the compressed source).
 - ``vp``: :class:`~underbudget.transfer.VisualPrompt` with a prompt and a label mapping; the
-  backbone and its head are frozen in eval mode; ILM remaps at the start of every epoch.
+  backbone and its head are frozen in eval mode; ILM remaps at the start of every epoch,
+  counting on the training images WITHOUT augmentation. The prompted image is
+  ``method.vp.frame`` pixels wide (default: the source input), which a source model with a
+  global pool accepts at any size. With activation quantization the prompt's gradient passes
+  the calibrated quantizers by the straight-through estimator.
 
 Loaders feed LP/FT target images normalized with the SOURCE statistics (what the backbone
 was trained on); VP gets images in [0, 1] and normalizes after prompting, also with the
@@ -32,30 +36,27 @@ from torch import nn
 from ...metrics import calibration_before_after
 from ...models import save_weights
 from ...quant import ActivationQuantizer, activation_quantizers, prepare_qat
-from ...quant.fake import QUANT_LAYERS, qmax
+from ...quant.grid import QUANT_LAYERS, qmax
 from ...quant.qat import QAT_LAYERS
 from ...runs import Run
 from ...sparsity import MaskCallback, MaskSet
 from ...train import Trainer
 from ...train.evaluate import evaluate
 from ...transfer import (
-    ExpansivePrompt,
     FineTune,
     LabelMapper,
     LabelMappingCallback,
     LinearProbe,
-    PadPrompt,
-    PatchPrompt,
     VisualPrompt,
 )
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed
 from ..common import eval_loader, train_loader
 from .budget import budget_split
-from .config import Budget, TransferSpec, VPStage
+from .config import Budget, TransferSpec
 from .context import Context
 from .features import cacheable, feature_loaders
-from .ste import with_straight_through
+from .prompting import make_prompt
 from .variants import LoadedVariant, weight_density
 
 CAL_KEYS = (
@@ -91,16 +92,6 @@ class TimedLabelMapping(LabelMappingCallback):
             self.seconds = max(self.seconds, float(state.get("seconds", 0.0)))
 
 
-def make_prompt(kind: str, size: int, channels: int, vp: VPStage) -> nn.Module:
-    """The visual prompt ``kind`` for a ``size`` x ``size`` source input."""
-    r = vp.r or max(1, round(5 * size / 7))
-    if kind == "expansive":
-        return ExpansivePrompt(size, r, channels)
-    if kind == "pad":
-        return PadPrompt(size, vp.pad or max(1, (size - r) // 2), channels)
-    return PatchPrompt(size, vp.patch or max(1, size // 4), channels)
-
-
 @torch.no_grad()
 def _same_state(module: nn.Module, reference: dict[str, torch.Tensor]) -> bool:
     """Every tensor of ``module``'s state equals the reference tensor of the same name."""
@@ -108,6 +99,14 @@ def _same_state(module: nn.Module, reference: dict[str, torch.Tensor]) -> bool:
     return all(
         k in reference and torch.equal(v, reference[k].to(v.device)) for k, v in state.items()
     )
+
+
+def quantized_inputs(net: nn.Module) -> int:
+    """Layers of ``net`` whose input is fake-quantized (calibrated or LSQ quantizers)."""
+    learned = sum(
+        1 for m in net.modules() if isinstance(m, QAT_LAYERS) and m.input_quantizer is not None
+    )
+    return len(activation_quantizers(net)) + learned
 
 
 def _reference(variant: LoadedVariant) -> dict[str, torch.Tensor]:
@@ -125,6 +124,7 @@ def _lp(ctx: Context, variant: LoadedVariant, spec: TransferSpec, seed: int):
         return {
             "backbone_unchanged": _same_state(net.backbone, reference),
             "backbone_eval_mode": not net.backbone.training,
+            "quantized_inputs": quantized_inputs(net.backbone),
         }
 
     return net, [], after
@@ -198,6 +198,7 @@ def _ft(ctx: Context, variant: LoadedVariant, spec: TransferSpec, seed: int):
             )
             out["backbone_mask_density"] = masks.density()
         out["transferred_density"] = weight_density(net)["density"]
+        out["quantized_inputs"] = quantized_inputs(net)
         return out
 
     return net, callbacks, after
@@ -216,7 +217,6 @@ def _vp(ctx: Context, variant: LoadedVariant, spec: TransferSpec, seed: int):
         seed=derive_seed(seed, "label-map"),
     )
     net = VisualPrompt(variant.model, prompt, mapper, ctx.source.splits.mean, ctx.source.splits.std)
-    swapped = with_straight_through(net.backbone)
     callback = TimedLabelMapping(mapper)
 
     def after(net: VisualPrompt) -> dict:
@@ -228,8 +228,9 @@ def _vp(ctx: Context, variant: LoadedVariant, spec: TransferSpec, seed: int):
             "backbone_eval_mode": not net.backbone.training,
             "prompt": type(prompt).__name__,
             "prompt_parameters": prompt.num_parameters,
+            "prompt_frame": prompt.input_size,
             "prompt_r": getattr(prompt, "r", None),
-            "ste_quantizers": swapped,
+            "quantized_inputs": quantized_inputs(net.backbone),
             "remap_time": callback.seconds,
             "label_mapping": {
                 "mode": diag["mode"],
@@ -312,7 +313,7 @@ def transfer_run(
     val = evaluate(net, val_loader, device=ctx.device, amp=ctx.cfg.train.amp, return_logits=True)
     test = evaluate(net, test_loader, device=ctx.device, amp=ctx.cfg.train.amp, return_logits=True)
     cal = calibration_before_after(
-        val["logits"], val["labels"], test["logits"], test["labels"], m.n_bins
+        val["logits"], val["labels"], test["logits"], test["labels"], m.n_bins, m.ece_binning
     )
     before, after_ts = cal["before"], cal["after"]
     v = variant.summary
@@ -333,6 +334,7 @@ def transfer_run(
         "errors": before["errors"],
         "test_n": before["n"],
         **{k: before[k] for k in CAL_KEYS},
+        "ece_binning": m.ece_binning,
         "temperature": cal["temperature"],
         **{f"{k}_ts": after_ts[k] for k in CAL_KEYS},
         "val_acc": val["acc"],

@@ -34,7 +34,7 @@ from ...train import Trainer
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed
 from ..common import eval_loader
-from .config import CompressTransferConfig, imp_level
+from .config import CompressTransferConfig, imp_level, parse_quant
 from .context import Context
 from .source import SOURCE, fresh_model, rewind_weights, source_calibration
 
@@ -61,15 +61,14 @@ class VariantSpec:
 
 
 def variant_specs(m: CompressTransferConfig) -> list[VariantSpec]:
-    """The dense source, each pruning method at each sparsity, each bit width."""
+    """The dense source, each pruning method at each sparsity, each quantized variant (in the
+    order of ``method.quant``)."""
     specs = [VariantSpec("dense", "dense")]
     for family in m.prune_methods:
         for s in sorted(set(m.sparsities)):
             specs.append(VariantSpec(f"{family}-{s:g}", family, sparsity=float(s)))
-    for bits in sorted(set(m.bits), reverse=True):
-        act = (m.act_bits or bits) if m.quant_activations else None
-        name = f"{m.quant_mode}-w{bits}" + (f"a{act}" if act else "")
-        specs.append(VariantSpec(name, m.quant_mode, bits=bits, act_bits=act))
+    for q in (parse_quant(text) for text in m.quant):
+        specs.append(VariantSpec(q.name, q.mode, bits=q.bits, act_bits=q.act_bits))
     return specs
 
 
