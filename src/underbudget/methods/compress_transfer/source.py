@@ -19,6 +19,7 @@ from ...metrics import calibration_report
 from ...models import load_weights, read_state_dict, save_weights
 from ...train import Callback, Trainer
 from ...train.evaluate import evaluate
+from ...utils.seeding import seed_everything
 from ..common import build_model
 from .context import Context
 
@@ -68,6 +69,7 @@ def source_stage(ctx: Context) -> tuple[nn.Module, dict]:
         return model, child.read_summary()
     cfg = ctx.cfg
     ctx.start_child(child, "source")
+    seed_everything(cfg.seed)  # the source is trained as the train method trains a model
     t0 = time.perf_counter()
     model = fresh_model(ctx)
     rewind = child.artifact("rewind.safetensors")
@@ -83,7 +85,7 @@ def source_stage(ctx: Context) -> tuple[nn.Module, dict]:
         callbacks = [RewindSaver(ctx.method.imp_rewind_epoch, rewind)]
         trainer = Trainer(model, cfg.optim, cfg.train, run=child, callbacks=callbacks)
         val = ctx.source_eval_loader("val") if ctx.source.val is not None else None
-        result = trainer.fit(ctx.source_train_loader("source"), cfg.train.epochs, val_loader=val)
+        result = trainer.fit(ctx.source_train_loader("train"), cfg.train.epochs, val_loader=val)
         trainer.finish()
         model = trainer.model
         summary.update(

@@ -32,7 +32,7 @@ from ...runs import Run
 from ...sparsity import GradualMagnitude, MaskCallback, MaskSet, prunable_parameters, prune
 from ...train import Trainer
 from ...utils.atomic import atomic_path
-from ...utils.seeding import derive_seed
+from ...utils.seeding import derive_seed, seed_everything
 from ..common import eval_loader
 from .config import CompressTransferConfig, imp_level, parse_quant
 from .context import Context
@@ -150,10 +150,11 @@ def _val(ctx: Context):
 
 
 def _fit(
-    ctx: Context, model: nn.Module, optim, run: Run, epochs: int, key: str, callbacks=()
+    ctx: Context, model: nn.Module, optim, run: Run, epochs: int, key: str, callbacks=(),
+    loader=None,
 ) -> Trainer:
     trainer = Trainer(model, optim, ctx.train_config(), run=run, callbacks=list(callbacks))
-    trainer.fit(_source_loader(ctx, key), epochs, val_loader=_val(ctx))
+    trainer.fit(loader or _source_loader(ctx, key), epochs, val_loader=_val(ctx))
     trainer.finish()
     return trainer
 
@@ -208,6 +209,8 @@ def _imp(ctx: Context, source: nn.Module, level: int) -> None:
         if run.is_finished():
             continue
         ctx.start_child(run, "imp", level=k)
+        # IMP levels follow the lottery method's seeds and data order
+        seed_everything(derive_seed(ctx.cfg.seed, "lottery-level", k))
         t0 = time.perf_counter()
         model = fresh_model(ctx).to(ctx.device)
         masks = None
@@ -218,11 +221,13 @@ def _imp(ctx: Context, source: nn.Module, level: int) -> None:
             load_weights(model, prev.artifact("model.safetensors"))
             masks = MaskSet.load(prev.artifact("masks.safetensors"), model)
         density = (1.0 - m.imp_rate) ** k
-        masks = prune(model, density, "magnitude", scope=m.prune_scope, masks=masks)
+        masks = prune(model, density, "magnitude", scope=m.prune_scope, masks=masks,
+                      seed=derive_seed(ctx.cfg.seed, "lottery-prune", k))
         model.load_state_dict(rewind_weights(ctx))
         masks.apply(model)
         trainer = _fit(
-            ctx, model, ctx.cfg.optim, run, ctx.cfg.train.epochs, f"imp-{k}", [MaskCallback(masks)]
+            ctx, model, ctx.cfg.optim, run, ctx.cfg.train.epochs, f"imp-{k}", [MaskCallback(masks)],
+            loader=ctx.source_train_loader("train"),
         )
         save_weights(trainer.model, run.artifact("model.safetensors"))
         masks.save(run.artifact("masks.safetensors"))
