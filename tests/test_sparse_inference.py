@@ -218,3 +218,25 @@ def test_two_four_pattern_and_cpu_fallback():
         layer.weight.copy_(torch.randn(64, 16) * deploy.two_four_mask(torch.randn(64, 16)))
     fast = deploy.to_sparse(nn.Sequential(layer), where="all")
     assert [c.form for c in fast.sparse_choices] == ["csr"]  # never 2:4 on a CPU
+
+
+def test_fast_pooling_gives_the_same_values_and_state():
+    torch.manual_seed(0)
+    pool = nn.MaxPool2d(2)
+    fast = deploy.MaxPool2x2()
+    for x in (torch.randn(3, 4, 8, 6), torch.randn(2, 3, 7, 9), torch.randn(4, 9, 5),
+              torch.randn(2, 4, 8, 8).transpose(2, 3),
+              torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(fast(x), pool(x))
+    assert not deploy.MaxPool2x2.fits(nn.MaxPool2d(3)) and not deploy.MaxPool2x2.fits(
+        nn.MaxPool2d(2, ceil_mode=True))
+    model = create_model("lenet5", 10, 1, 28, seed=0).eval()
+    swapped = deploy.fast_pooling(model)
+    assert sum(isinstance(m, deploy.MaxPool2x2) for m in swapped.modules()) == 2
+    both = deploy.to_sparse(model, where="all", fast_pool=True)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(swapped(x), model(x)) and close(both(x), model(x))
+    assert list(both.state_dict()) == list(model.state_dict())
+    plain = deploy.to_dense(both)
+    assert sum(type(m) is nn.MaxPool2d for m in plain.modules()) == 2

@@ -8,10 +8,17 @@
 
 Linear layers and 1x1 convolutions become CSR layers (2:4 semi-structured on GPUs that have
 the kernels, when the weights follow that pattern); every other layer stays dense.
+``fast_pooling`` (or ``to_sparse(..., fast_pool=True)``) swaps 2x2 max-pools for an exact,
+faster formulation.
 """
 
-from underbudget.deploy.convert import eligible, sparse_plan, to_dense, to_sparse
-from underbudget.deploy.layers import SemiStructuredLinear, SparseConv1x1, SparseLinear
+from underbudget.deploy.convert import eligible, fast_pooling, sparse_plan, to_dense, to_sparse
+from underbudget.deploy.layers import (
+    MaxPool2x2,
+    SemiStructuredLinear,
+    SparseConv1x1,
+    SparseLinear,
+)
 from underbudget.deploy.rule import (
     CPU_THRESHOLDS,
     LayerChoice,
@@ -24,11 +31,13 @@ from underbudget.deploy.rule import (
 __all__ = [
     "CPU_THRESHOLDS",
     "LayerChoice",
+    "MaxPool2x2",
     "SemiStructuredLinear",
     "SparseConv1x1",
     "SparseLinear",
     "csr_threshold",
     "eligible",
+    "fast_pooling",
     "is_two_four",
     "semi_structured_supported",
     "sparse_plan",

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from underbudget.deploy.layers import (
     SPARSE_LAYERS,
+    MaxPool2x2,
     SemiStructuredLinear,
     SparseConv1x1,
     SparseLinear,
@@ -148,7 +149,7 @@ def _zero_masked(net: nn.Module, masks: MaskSet | Mapping[str, Tensor]) -> None:
 def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = None, *,
               where: str | float = "wins", rule: str = "threshold", batch_size: int = 256,
               input_shape: tuple[int, ...] | None = None,
-              device: torch.device | str | None = None) -> nn.Module:
+              device: torch.device | str | None = None, fast_pool: bool = False) -> nn.Module:
     """The deploy form of a pruned ``model``: a copy in eval mode with sparse layers.
 
     Linear layers and 1x1 convolutions (groups 1, no padding) are candidates; every other
@@ -159,6 +160,7 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
     candidate with zeros) or a density (candidates at or below it). The sparse form is CSR,
     or 2:4 semi-structured on a GPU that supports it when a Linear weight has that pattern.
     The choices are kept in ``deployed.sparse_choices`` (a list of :class:`LayerChoice`).
+    ``fast_pool`` also swaps 2x2 max-pools for :class:`MaxPool2x2` (see :func:`fast_pooling`).
     """
     _check_where(where)
     if rule not in RULES:
@@ -182,8 +184,20 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
         choices.append(choice)
         if sparse is not None:
             mapping[id(module)] = sparse
+    if fast_pool:
+        mapping.update({id(m): MaxPool2x2() for m in net.modules() if MaxPool2x2.fits(m)})
     _replace(net, mapping)
     net.sparse_choices = choices
+    return net
+
+
+def fast_pooling(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every 2x2 max-pool computed by :class:`MaxPool2x2`.
+
+    Same outputs, same state_dict; faster on CPUs where torch's pooling kernel is slow.
+    """
+    net = copy.deepcopy(model)
+    _replace(net, {id(m): MaxPool2x2() for m in net.modules() if MaxPool2x2.fits(m)})
     return net
 
 
@@ -193,9 +207,11 @@ def sparse_plan(model: nn.Module, masks=None, **options) -> list[LayerChoice]:
 
 
 def to_dense(model: nn.Module) -> nn.Module:
-    """A copy of a deployed model with every sparse layer back in its plain form."""
+    """A copy of a deployed model with every sparse layer (and fast pool) in its plain form."""
     net = copy.deepcopy(model)
-    mapping = {id(m): m.to_dense() for m in net.modules() if isinstance(m, SPARSE_LAYERS)}
+    mapping: dict[int, nn.Module] = {
+        id(m): m.to_dense() for m in net.modules() if isinstance(m, SPARSE_LAYERS)}
+    mapping.update({id(m): nn.MaxPool2d(2) for m in net.modules() if isinstance(m, MaxPool2x2)})
     _replace(net, mapping)
     if hasattr(net, "sparse_choices"):
         del net.sparse_choices

@@ -260,4 +260,36 @@ class SemiStructuredLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, 2:4"
 
 
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)`` as two element-wise maxima of strided views (the same values).
+
+    torch's CPU max-pooling kernel is slow on NCHW maps with few channels: on the small conv
+    nets here it takes most of the inference time, and two ``torch.maximum`` calls over
+    views compute the same result several times faster.
+    """
+
+    @staticmethod
+    def fits(module: nn.Module) -> bool:
+        """Whether ``module`` is a max-pool this layer reproduces exactly."""
+        def pair(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+        return (type(module) is nn.MaxPool2d and pair(module.kernel_size) == (2, 2)
+                and pair(module.stride) == (2, 2) and pair(module.padding) == (0, 0)
+                and pair(module.dilation) == (1, 1) and not module.ceil_mode
+                and not module.return_indices)
+
+    def forward(self, x: Tensor) -> Tensor:
+        *lead, h, w = x.shape
+        h2, w2 = h // 2, w // 2
+        if (h, w) != (2 * h2, 2 * w2):
+            x = x[..., : 2 * h2, : 2 * w2]
+        if x.is_contiguous():
+            rows = x.view(*lead, h2, 2, 2 * w2)
+            rows = torch.maximum(rows[..., 0, :], rows[..., 1, :]).view(*lead, h2, w2, 2)
+            return torch.maximum(rows[..., 0], rows[..., 1])
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 SPARSE_LAYERS = (SparseLinear, SparseConv1x1, SemiStructuredLinear)
