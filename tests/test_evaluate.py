@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from underbudget.data import Augment, ImageSet, Loader
-from underbudget.train.evaluate import eval_batch_size, evaluate
+from underbudget.train.evaluate import channels_last_plan, eval_batch_size, evaluate
 
 
 def image_set(n=37, shape=(1, 8, 8), classes=4, seed=0) -> ImageSet:
@@ -110,3 +110,27 @@ def test_forward_override_is_what_gets_evaluated():
     loader = Loader(data, 8, mean=0.5, std=0.25)
     out = evaluate(model, loader, forward=lambda x: torch.zeros(x.shape[0], 4))
     assert abs(out["loss"] - torch.log(torch.tensor(4.0)).item()) < 1e-6
+
+
+def test_auto_channels_last_on_cpu_switches_weights_for_the_pass_only():
+    data, model = image_set(), small_net()
+    loader = Loader(data, 8, mean=0.5, std=0.25)
+    ref = evaluate(model, loader, return_logits=True)
+    weight = model[0].weight
+    before = (weight.data_ptr(), weight.stride())
+    seen = []
+    cl_strides = torch.empty_like(weight, memory_format=torch.channels_last).stride()
+    assert weight.stride() != cl_strides
+    model[0].register_forward_pre_hook(lambda m, args: seen.append(m.weight.stride() == cl_strides))
+    auto = evaluate(model, loader, return_logits=True, channels_last=None)
+    assert seen and all(seen)  # the pass ran in channels-last
+    assert (weight.data_ptr(), weight.stride()) == before  # the same storage and layout back
+    assert auto["errors"] == ref["errors"]
+    assert torch.allclose(auto["logits"], ref["logits"], atol=1e-5)
+    cpu = torch.device("cpu")
+    assert channels_last_plan(model, cpu, model, None) == (True, True)
+    assert channels_last_plan(model, cpu, model, False) == (False, False)
+    compiled = type("Compiled", (), {"_orig_mod": model})()  # what torch.compile returns
+    assert channels_last_plan(model, cpu, compiled, None) == (False, False)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    assert channels_last_plan(mlp, cpu, mlp, None) == (False, False)

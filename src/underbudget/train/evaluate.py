@@ -66,8 +66,51 @@ def _rebatched(loader, size: int | None):
 def _uses_channels_last(model: torch.nn.Module) -> bool:
     for p in model.parameters():
         if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            cl, plain = p.is_contiguous(memory_format=torch.channels_last), p.is_contiguous()
+            if cl != plain:  # (one input channel or 1x1 maps fit both layouts: look further)
+                return cl
     return False
+
+
+def _has_conv2d(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+@contextlib.contextmanager
+def _channels_last_weights(model: torch.nn.Module):
+    """4-d weights in channels-last for the pass; afterwards the very same tensors are back."""
+    saved = []
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 4 and p.is_contiguous():
+                saved.append((p, p.data))
+                # restride explicitly: with one input channel ``.contiguous(channels_last)``
+                # keeps NCHW strides, and oneDNN picks its layout from the strides
+                p.data = torch.empty_like(p.data, memory_format=torch.channels_last).copy_(p.data)
+    try:
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+def channels_last_plan(model: torch.nn.Module, device: torch.device, forward,
+                       requested: bool | None) -> tuple[bool, bool]:
+    """(channels-last inputs, channels-last weights for the pass only) for an evaluation.
+
+    ``requested`` True/False is obeyed for the inputs. None is "where it helps": inputs follow
+    a model already in channels-last; on a CPU, a conv net's weights are also switched for the
+    pass (oneDNN convolutions and pooling run faster in that layout) unless ``forward`` is a
+    compiled module, whose guards would recompile on the layout change.
+    """
+    if requested is not None:
+        return bool(requested), False
+    if _uses_channels_last(model):
+        return True, False
+    compiled = getattr(forward, "_orig_mod", None) is not None
+    if device.type == "cpu" and not compiled and _has_conv2d(model):
+        return True, True
+    return False, False
 
 
 def _one_pass(forward: Callable, loader: Iterable, device: torch.device, amp: bool,
@@ -114,26 +157,27 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | Non
     Sums are accumulated over the whole set (never averaged per batch). With
     ``return_logits`` the float32 logits and labels are returned too (on the CPU, for
     calibration). ``forward`` replaces ``model(x)`` (e.g. a compiled model); ``channels_last``
-    converts 4-d inputs (None: when the model's conv weights are channels-last);
+    converts 4-d inputs (None: where it helps, see :func:`channels_last_plan`);
     ``batch_size`` re-cuts an in-memory loader (default: sized to the device, see
     :func:`eval_batch_size`).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     forward = forward if forward is not None else model
-    if channels_last is None:
-        channels_last = _uses_channels_last(model)
+    inputs_cl, weights_cl = channels_last_plan(model, device, forward, channels_last)
     size = eval_batch_size(loader, device, batch_size)
     was_training = model.training
     model.eval()
+    layout = _channels_last_weights(model) if weights_cl else contextlib.nullcontext()
     try:
-        while True:
-            try:
-                return _one_pass(forward, _rebatched(loader, size), device, amp, return_logits,
-                                 bool(channels_last))
-            except torch.cuda.OutOfMemoryError:
-                if size is None or batch_size is not None:
-                    raise
-                torch.cuda.empty_cache()  # the automatic size was too large: halve it
-                size = size // 2 if size // 2 > loader.batch_size else None
+        with layout:
+            while True:
+                try:
+                    return _one_pass(forward, _rebatched(loader, size), device, amp,
+                                     return_logits, inputs_cl)
+                except torch.cuda.OutOfMemoryError:
+                    if size is None or batch_size is not None:
+                        raise
+                    torch.cuda.empty_cache()  # the automatic size was too large: halve it
+                    size = size // 2 if size // 2 > loader.batch_size else None
     finally:
         model.train(was_training)
