@@ -162,6 +162,8 @@ def test_threshold_rule_by_density_and_size():
     assert choices["0"].form == "csr"  # 640k weights at 5 %
     assert choices["2"].form == "dense"  # 80k weights: below the size where CSR pays
     assert choices["4"].form == "dense" and choices["6"].reason == "no zeros"
+    empty = nn.Sequential(pruned(nn.Linear(64, 10), 0.0))  # fully pruned, but small
+    assert [c.form for c in deploy.sparse_plan(empty)] == ["dense"]
     assert deploy.csr_threshold(640_000, torch.device("cpu")) == 0.15
     assert deploy.csr_threshold(640_000, torch.device("cuda")) == 0.0
     by_density = {c.name: c.form for c in deploy.sparse_plan(net, where=0.1)}

@@ -119,7 +119,7 @@ def _decide(name: str, module: nn.Module, kind: str, where, rule: str, device: t
         return choice, None
     limit = csr_threshold(numel, device)
     note = "" if rule == "threshold" else "measured rule needs input_shape; "
-    if density <= limit:
+    if limit > 0 and density <= limit:
         choice.form = "csr"
         choice.reason = f"{note}density <= {limit} for {numel} weights on {device.type}"
         return choice, _sparse_form(module, kind, "csr")
