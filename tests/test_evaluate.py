@@ -134,3 +134,14 @@ def test_auto_channels_last_on_cpu_switches_weights_for_the_pass_only():
     assert channels_last_plan(model, cpu, compiled, None) == (False, False)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
     assert channels_last_plan(mlp, cpu, mlp, None) == (False, False)
+
+
+def test_cuda_batches_are_sized_by_free_memory(monkeypatch):
+    cuda = torch.device("cuda")
+    big = Loader(image_set(n=20000), 100, mean=0.5, std=0.25)  # 1x8x8: 256 float bytes each
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 2**31))
+    assert eval_batch_size(big, cuda) == 8192  # 1/256 of 1 GiB fits 16384: capped
+    small = Loader(image_set(n=37), 5, mean=0.5, std=0.25)
+    assert eval_batch_size(small, cuda) == 37  # never more than the set
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**16, 2**31))
+    assert eval_batch_size(big, cuda) is None  # too little free memory: the loader's own size
