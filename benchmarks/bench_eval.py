@@ -4,13 +4,13 @@
 with logits, one device-to-host copy per batch), kept here as the baseline; ``after`` is
 ``underbudget.train.evaluate`` (``torch.inference_mode``, device-side sums, logits gathered
 once, batches re-cut to the device for in-memory loaders). Further variants of ``after``:
-``auto_layout`` (``channels_last=None``: on a CPU the conv weights switch to channels-last
-for the pass only), a model kept in channels-last, explicit batch sizes, and ``fastpool``:
-the model with ``deploy.fast_pooling`` (an exact, faster 2x2 max-pool; a model-side change,
-measured here to show how much of evaluation the pooling kernel takes). All variants are
-interleaved round by round (median over rounds); each must count the same errors. Prints one
-JSON object with seconds per pass, images/s and ``<variant>_over_before`` speed ratios
-(> 1: faster).
+``loader_batch`` (the loader's own batch size), ``auto_layout`` (``channels_last=None``: on a
+CPU the conv weights switch to channels-last for the pass only), a model kept in
+channels-last, explicit batch sizes, and ``fastpool``: the model with
+``deploy.fast_pooling`` (an exact, faster 2x2 max-pool; a model-side change, measured here to
+show how much of evaluation the pooling kernel takes). All variants are interleaved round by
+round (median over rounds); each must count the same errors. Prints one JSON object with
+seconds per pass, images/s and ``<variant>_over_before`` speed ratios (> 1: faster).
 
     python benchmarks/bench_eval.py [--quick] [--threads N] [--device cuda]
 """
@@ -79,6 +79,8 @@ def measure(name: str, test, mean, std, args, device) -> dict:
     variants = {
         "before": lambda: evaluate_before(model, loader, device=device),
         "after": lambda: evaluate(model, loader, device=device),
+        "after_loader_batch": lambda: evaluate(model, loader, device=device,
+                                               batch_size=args.eval_batch),
         "before_logits": lambda: evaluate_before(model, loader, device=device,
                                                  return_logits=True),
         "after_logits": lambda: evaluate(model, loader, device=device, return_logits=True),

@@ -80,7 +80,8 @@ def test_only_plain_in_memory_loaders_are_recut():
     data = image_set()
     cpu = torch.device("cpu")
     plain = Loader(data, 5, mean=0.5, std=0.25)
-    assert eval_batch_size(plain, cpu) is None  # the CPU keeps the loader's batches
+    assert eval_batch_size(plain, cpu) is None  # small batches are kept on a CPU
+    assert eval_batch_size(Loader(data, 1000, mean=0.5, std=0.25), cpu) == 256  # cache-sized
     assert eval_batch_size(plain, cpu, 64) == 64
     augmented = Loader(data, 5, mean=0.5, std=0.25, augment=Augment(crop_padding=1))
     dropping = Loader(data, 5, mean=0.5, std=0.25, drop_last=True)
