@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import io
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,3 +244,12 @@ def test_fast_pooling_gives_the_same_values_and_state():
     assert list(both.state_dict()) == list(model.state_dict())
     plain = deploy.to_dense(both)
     assert sum(type(m) is nn.MaxPool2d for m in plain.modules()) == 2
+
+
+def test_the_documented_example_runs():
+    text = (Path(__file__).parents[1] / "docs" / "sparsity.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```py\n(.*?)```", text, re.S)
+    namespace: dict = {}
+    exec(compile(block, "docs/sparsity.md", "exec"), namespace)
+    forms = {c.name: c.form for c in namespace["fast"].sparse_choices}
+    assert forms["features.1"] == "csr"  # the large first layer, at 0.4 % under global pruning
