@@ -1,0 +1,47 @@
+"""Deploy forms of pruned models: sparse kernels where they are faster than dense ones.
+
+    from underbudget import deploy
+    fast = deploy.to_sparse(model, masks)            # CSR where the documented rule says it wins
+    fast = deploy.to_sparse(model, where="all")      # every Linear / 1x1 conv with zeros
+    fast.sparse_choices                              # per layer: form, density, reason
+    plain.load_state_dict(fast.state_dict())         # same keys and dense shapes as the model
+
+Linear layers and 1x1 convolutions become CSR layers (2:4 semi-structured on GPUs that have
+the kernels, when the weights follow that pattern); every other layer stays dense.
+``fast_pooling`` (or ``to_sparse(..., fast_pool=True)``) swaps 2x2 max-pools for an exact,
+faster formulation.
+"""
+
+from underbudget.deploy.convert import eligible, fast_pooling, sparse_plan, to_dense, to_sparse
+from underbudget.deploy.layers import (
+    MaxPool2x2,
+    SemiStructuredLinear,
+    SparseConv1x1,
+    SparseLinear,
+)
+from underbudget.deploy.rule import (
+    CPU_THRESHOLDS,
+    LayerChoice,
+    csr_threshold,
+    is_two_four,
+    semi_structured_supported,
+    two_four_mask,
+)
+
+__all__ = [
+    "CPU_THRESHOLDS",
+    "LayerChoice",
+    "MaxPool2x2",
+    "SemiStructuredLinear",
+    "SparseConv1x1",
+    "SparseLinear",
+    "csr_threshold",
+    "eligible",
+    "fast_pooling",
+    "is_two_four",
+    "semi_structured_supported",
+    "sparse_plan",
+    "to_dense",
+    "to_sparse",
+    "two_four_mask",
+]

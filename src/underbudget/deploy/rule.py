@@ -1,0 +1,165 @@
+"""Where a sparse kernel beats the dense one: a documented threshold, or a measurement.
+
+The threshold rule (``rule="threshold"``) comes from timing torch's CSR kernels (MKL) against
+dense ones on a CPU for Linear layers of 1k to 1M weights and 1x1 convolutions, at batch
+sizes 1, 16 and 256. The sparse product pays a fixed cost per call and reaches only a small
+fraction of the dense kernel's arithmetic rate, so it wins only on large layers at low
+density, and by about the same margin at every batch size:
+
+============================  =====================================
+weights in the layer (out*in)  CSR on CPU when the density is at most
+============================  =====================================
+>= 500,000                    0.15
+>= 100,000                    0.07
+< 100,000                     never (call overhead dominates)
+============================  =====================================
+
+On CUDA, cuSPARSE's CSR loses to dense GEMM at these sizes, so the threshold rule keeps
+layers dense there, except Linear layers whose weights already follow the 2:4 pattern
+(at most two nonzeros in every four consecutive inputs) on a GPU with semi-structured kernels
+(compute capability 8.0 or newer), with both dimensions multiples of 64 and at least
+``SEMI_MIN_DIM``. The measured rule (``rule="measure"``) times both forms of each layer at
+the caller's batch size on the caller's device and keeps the sparse one only when it is at
+least ``MARGIN`` times faster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+CPU_THRESHOLDS: tuple[tuple[int, float], ...] = ((500_000, 0.15), (100_000, 0.07))
+SEMI_MIN_DIM = 256
+MARGIN = 1.1
+RULES = ("threshold", "measure")
+
+
+@dataclass
+class LayerChoice:
+    """What the converter decided for one layer, and why."""
+
+    name: str
+    kind: str  # linear | conv1x1
+    shape: tuple[int, ...]
+    density: float
+    form: str  # dense | csr | 2:4
+    reason: str
+    dense_us: float | None = None
+    sparse_us: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def csr_threshold(numel: int, device: torch.device) -> float:
+    """Highest density at which the threshold rule picks CSR for a layer of ``numel`` weights."""
+    if device.type != "cpu":
+        return 0.0
+    for min_numel, max_density in CPU_THRESHOLDS:
+        if numel >= min_numel:
+            return max_density
+    return 0.0
+
+
+def is_two_four(weight: Tensor) -> bool:
+    """True when every group of four consecutive inputs of every row has <= 2 nonzeros."""
+    w = weight.detach().reshape(weight.shape[0], -1)
+    if w.shape[1] % 4:
+        return False
+    return bool(((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+def two_four_mask(weight: Tensor) -> Tensor:
+    """Bool mask keeping the two largest-magnitude weights of every four consecutive inputs."""
+    w = weight.detach().reshape(weight.shape[0], -1)
+    if w.shape[1] % 4:
+        raise ValueError(f"2:4 needs the input size to be a multiple of 4, got {w.shape[1]}")
+    groups = w.abs().reshape(w.shape[0], -1, 4)
+    top = groups.topk(2, dim=-1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, top, True)
+    return mask.reshape(weight.shape)
+
+
+_SEMI_CACHE: dict[str, tuple[bool, str]] = {}
+
+
+def semi_structured_supported(device: torch.device | str) -> tuple[bool, str]:
+    """(True, "") when 2:4 semi-structured kernels run on ``device``; else (False, why)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False, f"2:4 kernels need a CUDA GPU (device is {device.type})"
+    key = str(device)
+    if key not in _SEMI_CACHE:
+        _SEMI_CACHE[key] = _probe_semi(device)
+    return _SEMI_CACHE[key]
+
+
+def _probe_semi(device: torch.device) -> tuple[bool, str]:
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return False, f"2:4 kernels need compute capability >= 8.0, the GPU has {major}.{minor}"
+    try:
+        from torch.sparse import to_sparse_semi_structured
+
+        w = torch.tensor([0, 0, 1, 1], dtype=torch.bfloat16, device=device).tile((64, 16))
+        x = torch.ones(64, 64, dtype=torch.bfloat16, device=device)
+        torch.nn.functional.linear(x, to_sparse_semi_structured(w))
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # missing backend, unsupported build: stay dense, say why
+        return False, f"2:4 kernels failed on this GPU ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+def semi_structured_fits(layer: nn.Module, device: torch.device) -> tuple[bool, str]:
+    """Whether a Linear layer can run 2:4 on ``device`` (pattern, shape, GPU), with why not."""
+    if not isinstance(layer, nn.Linear):
+        return False, "2:4 is used for Linear layers only"
+    ok, why = semi_structured_supported(device)
+    if not ok:
+        return False, why
+    out_f, in_f = layer.weight.shape
+    if out_f % 64 or in_f % 64:
+        return False, f"2:4 needs both dimensions multiples of 64, the layer is {out_f}x{in_f}"
+    if not is_two_four(layer.weight):
+        return False, "the weights do not follow the 2:4 pattern"
+    return True, ""
+
+
+def _interleaved_us(first: Callable[[], object], second: Callable[[], object],
+                    device: torch.device, rounds: int = 5) -> tuple[float, float]:
+    """Best-of-rounds microseconds per call of two functions, timed alternately."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for fn in (first, second):
+        fn()
+    sync()
+    start = time.perf_counter()
+    first()
+    sync()
+    reps = max(1, min(200, int(2e-3 / max(time.perf_counter() - start, 1e-7))))
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, fn in enumerate((first, second)):
+            sync()
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            sync()
+            best[i] = min(best[i], (time.perf_counter() - start) / reps)
+    return best[0] * 1e6, best[1] * 1e6
+
+
+def measure_layer(dense: nn.Module, sparse: nn.Module, example: Tensor,
+                  device: torch.device) -> tuple[float, float]:
+    """(dense, sparse) microseconds per call of two forms of one layer on ``example``."""
+    with torch.inference_mode():
+        return _interleaved_us(lambda: dense(example), lambda: sparse(example), device)
