@@ -21,6 +21,13 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, closest
+from .sections import (
+    ExecutorConfig,
+    PrecisionConfig,
+    ResourcesConfig,
+    StreamConfig,
+    TransferConfig,
+)
 from .utils.typed import build_dataclass as _build
 from .utils.yamlfile import DuplicateKeyError, load_unique, load_yaml
 
@@ -39,8 +46,8 @@ PLATFORM_KEYS: tuple[str, ...] = (
     "data.root",  # where a named dataset's files are here (for npz/imagefolder: the data)
     "data.download",  # whether missing files may be fetched (checksummed)
     "track",  # tracker section: backends, project, group, run name
-    "executor",  # how runs are dispatched (serial, processes, Ray, Slurm)
-    "workers",  # how many processes run them
+    "executor",  # how runs are dispatched (serial, processes, Ray, Slurm) and by how many
+    "resources",  # CPUs and GPUs each task asks of the executor
 )
 #: the run directory name is ``<name>-<hash>``; file systems allow 255 bytes per name
 MAX_NAME_LENGTH = 200
@@ -188,7 +195,12 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     sweep: dict = field(default_factory=dict)  # {"dotted.key": [values]}: a grid of child runs
     report: dict = field(default_factory=dict)  # options for the report (method-specific)
 
