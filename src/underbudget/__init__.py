@@ -1,5 +1,10 @@
-"""underbudget: learning under constraints (sparsity, data, time, precision) in PyTorch."""
+"""underbudget: learning under constraints (sparsity, data, time, precision) in PyTorch.
 
-__version__ = "0.1.0"
+Importing the package registers every method (its config section, run and report), so a
+config naming any method loads from :func:`underbudget.config.load_config` on its own.
+"""
+
+from . import methods  # noqa: E402, F401  (registers the methods' configs and reports)
+from .version import __version__
 
 __all__ = ["__version__"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, closest
+from .errors import ConfigError, closest, unknown
 from .sections import (
     ExecutorConfig,
     PrecisionConfig,
@@ -167,8 +167,6 @@ class TrackConfig:
     plots: bool = True  # send the report's PNG plots
 
     def __post_init__(self) -> None:
-        from .errors import unknown
-
         for name in self.backends:
             if name not in TRACK_BACKENDS:
                 raise unknown("tracker (track.backends)", name, TRACK_BACKENDS)
@@ -208,11 +206,20 @@ class ExperimentConfig:
 # --------------------------------------------------------------------------- building
 
 
+#: method name -> its config section's dataclass, filled by each method as it registers
+_METHOD_CONFIGS: dict[str, type] = {}
+
+
+def register_method_config(name: str, cls: type) -> None:
+    """Make ``method.name: <name>`` build its section as ``cls`` (called by the methods)."""
+    _METHOD_CONFIGS[name] = cls
+
+
 def method_config_class(name: str) -> type:
     """The config dataclass registered for method ``name``."""
-    from .methods.registry import get_method
-
-    return get_method(name).config_cls
+    if name not in _METHOD_CONFIGS:
+        raise unknown("method", name, _METHOD_CONFIGS)
+    return _METHOD_CONFIGS[name]
 
 
 def from_dict(values: dict) -> ExperimentConfig:
@@ -389,8 +396,6 @@ _OPTIMIZERS = ("sgd", "adam", "adamw")
 
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that types alone cannot express."""
-    from .errors import unknown
-
     d, o, t = cfg.data, cfg.optim, cfg.train
     if d.batch_size < 1 or d.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")

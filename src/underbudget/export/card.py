@@ -12,7 +12,11 @@ import torch
 import yaml
 from torch import Tensor
 
+from ..config import DataConfig
+from ..models import create_model
+from ..quant import insert_activation_quantizers
 from ..runs.headline import headline
+from ..runs.preflight import describe_data
 from .source import RunModel
 
 CARD_FORMAT = "underbudget-model-card"
@@ -50,9 +54,6 @@ def density(state: dict[str, Tensor], masks: dict[str, Tensor] | None) -> dict:
 def architecture(src: RunModel, state: dict[str, Tensor]) -> dict:
     """Model name, options and input/output shape; ``verified`` when that architecture has
     exactly the weights' names and shapes (``order``: its state-dict order, else None)."""
-    from ..config import DataConfig
-    from ..runs.preflight import describe_data
-
     model = src.config.get("model") or {}
     data = dict(src.config.get("data") or {})
     known = {f.name for f in dataclasses.fields(DataConfig)}
@@ -72,9 +73,6 @@ def architecture(src: RunModel, state: dict[str, Tensor]) -> dict:
 
 def build_model(arch: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The plain architecture a card describes (with its activation quantizers, if any)."""
-    from ..models import create_model
-    from ..quant import insert_activation_quantizers
-
     with torch.device(device):
         model = create_model(arch["model"], num_classes=arch["num_classes"],
                              in_channels=arch["in_channels"], image_size=arch["image_size"],

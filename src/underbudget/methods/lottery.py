@@ -23,6 +23,8 @@ from typing import Any
 from ..config import ExperimentConfig, MethodConfig, to_dict
 from ..errors import ConfigError, unknown
 from ..models import load_weights, save_weights
+from ..report import group_by_setting, markdown, mean_std, numeric_keys, summarize
+from ..report.table import fmt
 from ..runs import Run
 from ..sparsity import CRITERIA, SCOPES, MaskCallback, MaskSet, imp_densities, prune
 from ..train import Callback, resolve_device
@@ -276,8 +278,6 @@ def lottery_summary(rows: list[dict], m: LotteryConfig) -> dict:
 def lottery_report(records: list, out_dir: Path, options: dict) -> dict:
     """Accuracy vs density per level (mean ± sample std over seeds): a table, a CSV and a
     plot with a log density axis, one line per setting."""
-    from ..report import group_by_setting, markdown, mean_std, numeric_keys, summarize
-
     recs = [r for r in records if isinstance(r.summary.get("levels"), list)]
     single = [r for r in records if r not in recs]  # level runs reported on their own
     lines = []
@@ -384,8 +384,6 @@ register_method(
 
 def _fmt(stat: tuple[float, float], key: str) -> str:
     """Counts as integers, FLOPs in scientific notation, the rest like the report tables."""
-    from ..report.table import fmt
-
     mean, std = stat
     if key in ("nonzeros", "best_level") and std == 0 and mean == int(mean):
         return str(int(mean))

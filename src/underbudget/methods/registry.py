@@ -1,4 +1,9 @@
-"""The method registry: a method is a config section plus a function that runs it."""
+"""The method registry: a method is a config section plus a function that runs it.
+
+Registering a method also registers its config section with :mod:`underbudget.config` and its
+report with :mod:`underbudget.report.registry`; importing :mod:`underbudget` (which imports
+:mod:`underbudget.methods`) registers them all.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import register_method_config
 from ..errors import unknown
+from ..report.registry import register_report
 
 
 @dataclass
@@ -30,18 +37,16 @@ def register_method(name: str, config_cls: type, description: str = "",
 
     def wrap(fn: Callable) -> Callable:
         _METHODS[name] = Method(name, config_cls, fn, report, description)
+        register_method_config(name, config_cls)
+        if report is not None:
+            register_report(name, report)
         return fn
 
     return wrap
 
 
-def _load_all() -> None:
-    from .. import methods  # noqa: F401  (importing the package registers every method)
-
-
 def get_method(name: str) -> Method:
     """The method registered as ``name`` (clear error with a suggestion otherwise)."""
-    _load_all()
     if name not in _METHODS:
         raise unknown("method", name, _METHODS)
     return _METHODS[name]
@@ -49,5 +54,4 @@ def get_method(name: str) -> Method:
 
 def list_methods() -> dict[str, str]:
     """Method names with their one-line descriptions."""
-    _load_all()
     return {name: m.description for name, m in sorted(_METHODS.items())}

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from underbudget.errors import ConfigError, closest, unknown
+from underbudget.models.adapters import create_adapter_model
 from underbudget.models.validate import check_int
 from underbudget.models.weight_init import seeded_init
 
@@ -76,8 +77,6 @@ def create_model(
     check_int(name, "image_size", image_size)
     prefix, sep, rest = name.strip().partition(":")
     if sep:
-        from underbudget.models.adapters import create_adapter_model
-
         adapter = prefix.strip().lower()
         if adapter not in ADAPTERS:
             raise unknown("model adapter", prefix, ADAPTERS)

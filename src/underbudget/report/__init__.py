@@ -16,11 +16,13 @@ from .collect import (
     pool_seeds,
 )
 from .plots import line_plot
+from .registry import register_report, report_for
 from .table import cell, markdown, mean_std, numeric_keys, summarize, to_csv
 
 __all__ = ["Duplicate", "Record", "cell", "collect", "duplicate_lines", "flatten",
            "group_by_setting", "line_plot", "markdown", "mean_std", "numeric_keys",
-           "pool_seeds", "summarize", "to_csv", "write_report", "epoch_curves", "mask_plots"]
+           "pool_seeds", "register_report", "report_for", "summarize", "to_csv", "write_report",
+           "epoch_curves", "mask_plots"]
 
 
 def epoch_curves(groups, key: str = "test_acc") -> dict:
@@ -72,8 +74,6 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
     under "Duplicate runs"). Each method that has a report of its own adds its sections (e.g.
     the anytime comparison).
     """
-    from ..methods.registry import get_method
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, dups = pool_seeds(collect(paths))
@@ -90,14 +90,11 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: dict | N
     text = ["# Report", "", f"{counted}; mean ± sample std over seeds (n: seeds per cell).", ""]
     plain: list[Record] = []
     for method, recs in by_method.items():
-        try:
-            spec = get_method(method)
-        except Exception:  # a run of a method this version no longer has
-            spec = None
-        if spec is None or spec.report is None:
+        report = report_for(method)  # None also for a method this version no longer has
+        if report is None:
             plain += recs
             continue
-        section = spec.report(recs, out, options or {})
+        section = report(recs, out, options or {})
         text += [section.get("markdown", ""), ""]
         files += section.get("files", [])
     groups = group_by_setting(plain) if plain else []

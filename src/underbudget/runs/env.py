@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 
 
 def git_commit(path: str | Path | None = None) -> dict:

@@ -17,10 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import DataConfig, ModelConfig, TrainConfig
+from ..data import list_datasets
+from ..data.sources import cifar, registry
+from ..data.sources.imagefolder import scan_image_folder
+from ..data.sources.locate import locate
+from ..data.sources.mnist import EXPECTED, find_idx_files
 from ..errors import ConfigError, DataError, MissingDependencyError, unknown
+from ..models.registry import ADAPTERS, _check_options, _lookup
 
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
@@ -104,8 +111,6 @@ def check_device(name: str | None, where: str = "train.device") -> None:
 def check_model(m: ModelConfig, where: str = "model") -> None:
     """The architecture is registered (or its adapter installed), its options exist, and the
     weights file to load is there."""
-    from ..models.registry import ADAPTERS, _check_options, _lookup
-
     name = m.name.strip()
     prefix, sep, _ = name.partition(":")
     if sep:
@@ -129,9 +134,6 @@ def check_model(m: ModelConfig, where: str = "model") -> None:
 def check_data(d: DataConfig, where: str = "data") -> DatasetInfo:
     """The dataset is registered, takes the given options, its files are there and readable
     (headers only), and ``limit``/``test_limit`` do not ask for more than it holds."""
-    from ..data import list_datasets
-    from ..data.sources import registry
-
     base, sep, arg = d.name.partition(":")
     if base not in list_datasets():
         raise unknown(f"dataset ({where}.name)", d.name, list_datasets())
@@ -200,15 +202,9 @@ def _describe(d: DataConfig, check: bool) -> DatasetInfo:
 
 def _locate(base: str, root: str | None) -> None:
     """Find a named dataset's files the way its reader will (DataError when absent)."""
-    from ..data.sources.locate import locate
-
     if base in ("mnist", "fashion-mnist"):
-        from ..data.sources.mnist import EXPECTED, find_idx_files
-
         locate(base, root, find_idx_files, expected=EXPECTED)
     elif base in ("cifar10", "cifar100"):
-        from ..data.sources import cifar
-
         locate(base, root, cifar._find(base), expected=cifar._expected(base))
     elif base == "digits" and importlib.util.find_spec("sklearn") is None:
         raise MissingDependencyError(
@@ -216,8 +212,6 @@ def _locate(base: str, root: str | None) -> None:
 
 
 def _npz_info(path: Path) -> DatasetInfo:
-    import numpy as np
-
     if not path.exists():
         raise DataError(f"npz file {path} not found; check the path in npz:PATH")
     if path.is_dir():
@@ -264,8 +258,6 @@ def _npz_info(path: Path) -> DatasetInfo:
 
 
 def _imagefolder_info(path: Path) -> DatasetInfo:
-    from ..data.sources.imagefolder import scan_image_folder
-
     if not path.exists():
         raise DataError(f"image folder {path} does not exist; check the path in "
                         "imagefolder:PATH")

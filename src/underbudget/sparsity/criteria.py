@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from underbudget.callbacks import Callback
 from underbudget.errors import ConfigError, unknown
 from underbudget.sparsity.mask import MaskSet
 from underbudget.sparsity.targets import unwrap
-from underbudget.train.callbacks import Callback
 from underbudget.utils.seeding import derive_seed, generator
 
 Scores = dict[str, Tensor]

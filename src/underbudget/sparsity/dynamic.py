@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from underbudget.errors import ConfigError
+from underbudget.errors import ConfigError, unknown
 from underbudget.sparsity.allocation import check_density
 from underbudget.sparsity.enforce import MaskCallback
 from underbudget.sparsity.mask import MaskSet
+from underbudget.sparsity.prune import prune
 from underbudget.sparsity.targets import TargetsLike, unwrap
 from underbudget.utils.seeding import generator
 
@@ -67,8 +68,6 @@ class DynamicSparse(MaskCallback):
         if not 0.0 < float(alpha) <= 1.0:
             raise ConfigError(f"alpha (drop fraction) must be in (0, 1], got {alpha}")
         if decay not in DECAYS:
-            from underbudget.errors import unknown
-
             raise unknown("drop-fraction decay", decay, DECAYS)
         if isinstance(t_end, float):
             if not 0.0 < t_end <= 1.0:
@@ -95,8 +94,6 @@ class DynamicSparse(MaskCallback):
     # -- setup ------------------------------------------------------------------------------
     def setup(self, trainer: Any) -> MaskSet:
         if self.masks is None:
-            from underbudget.sparsity.prune import prune
-
             model = unwrap(trainer.model)
             if self._pending_state is not None:  # resuming: the checkpoint holds the masks
                 self.masks = MaskSet.from_model(model, self.targets)

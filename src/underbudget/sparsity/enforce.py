@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from underbudget.callbacks import Callback
+from underbudget.sparsity.cost import profile_flops
 from underbudget.sparsity.mask import MaskSet
+from underbudget.sparsity.measure import mask_report
 from underbudget.sparsity.targets import TargetsLike, unwrap
-from underbudget.train.callbacks import Callback
 
 
 @torch.no_grad()
@@ -268,13 +270,9 @@ class MaskCallback(Callback):
     # -- logging ----------------------------------------------------------------------------
     def report(self, trainer: Any) -> dict:
         """The measured state of the masks (see :func:`mask_report`)."""
-        from underbudget.sparsity.measure import mask_report
-
         model = unwrap(trainer.model)
         profile = None
         if self.input_shape is not None:
-            from underbudget.sparsity.cost import profile_flops
-
             if self._profile is None:
                 self._profile = profile_flops(model, self.input_shape)
             profile = self._profile

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from underbudget.errors import CheckpointError, ConfigError
 from underbudget.sparsity.targets import TargetsLike, resolve_targets, unwrap
 from underbudget.utils.atomic import write_bytes
+from underbudget.utils.tensorfile import safetensors_bytes
 
 FORMAT = "underbudget.masks"
 FORMAT_VERSION = "1"
@@ -360,8 +361,6 @@ class MaskSet:
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
         """Write the masks as safetensors (atomically, byte-reproducibly), shapes as metadata."""
-        from underbudget.utils.tensorfile import safetensors_bytes
-
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         meta["format"] = FORMAT
         meta["format_version"] = FORMAT_VERSION

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from ..config import TRACK_BACKENDS, TrackConfig
-from .session import Tracking
-
-if TYPE_CHECKING:
-    from ..runs.store import Run
+from .session import Run, Tracking
 
 __all__ = ["TRACK_BACKENDS", "Tracking", "tracking"]
 

@@ -13,13 +13,26 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..config import TrackConfig
 from .backends import BACKENDS, Backend, Handle, RunInfo
 
-if TYPE_CHECKING:
-    from ..runs.store import Run
+
+class Run(Protocol):
+    """What a tracker reads of a run directory (:class:`underbudget.runs.Run` is one)."""
+
+    path: Path
+    listeners: list
+
+    @property
+    def config_path(self) -> Path: ...
+
+    def read_config(self) -> dict: ...
+
+    def read_summary(self) -> dict | None: ...
+
+    def is_finished(self) -> bool: ...
 
 # Added to every event by Trainer.log; the step is the x axis, stage and epoch are not metrics.
 _BOOKKEEPING = frozenset({"step", "stage", "epoch"})

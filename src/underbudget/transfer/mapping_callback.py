@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from underbudget.callbacks import Callback
 from underbudget.data.augment import Augment
-from underbudget.train.callbacks import Callback
 from underbudget.transfer.label_mapping import LabelMapper
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from underbudget.data.budget import split_validation
 from underbudget.data.imageset import ImageSet, Splits, channel_stats
 from underbudget.data.sources.registry import register_dataset
 from underbudget.errors import ConfigError, MissingDependencyError
@@ -26,8 +27,6 @@ def digits(
     _arg, *, root=None, download=False, seed=0, image_size=None, channels=None, test_fraction=0.25
 ):
     """8x8 gray digits, values 0..16 scaled to 0..255, split stratified by class with ``seed``."""
-    from underbudget.data.budget import split_validation
-
     if not 0.0 < float(test_fraction) < 1.0:
         raise ConfigError(f"digits test_fraction must be in (0, 1), got {test_fraction}")
     bunch = _load_sklearn_digits()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...sparsity import MaskSet, Targets, prune
+from ...sparsity import MaskSet, Targets, mask_report, profile_flops, prune
 from ...sparsity.dynamic import DynamicSparse
 from ...sparsity.enforce import MaskEnforcer
 from ...sparsity.targets import unwrap
@@ -105,8 +105,6 @@ class NetDynamic(DynamicSparse):
     def report(self, trainer: Any) -> dict:
         if self.network is None:
             return super().report(trainer)
-        from ...sparsity import mask_report, profile_flops
-
         plain = MaskSet({n[len(self.prefix) :]: m for n, m in self.masks.items()})
         if self._profile is None and self.input_shape is not None:
             self._profile = profile_flops(self.network, self.input_shape)

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import ExperimentConfig, MethodConfig, apply_overrides, from_dict, to_dict
-from ...errors import ConfigError, unknown
+from ...errors import ConfigError, closest, unknown
+from ...report import collect, mean_std
 from ...runs import Run
-from ..registry import register_method
+from ...runs.launch import run_single
+from ..registry import list_methods, register_method
 from .config import D2SparseConfig
 from .report import ARMS, budget_label, points, report_grid
 
@@ -134,14 +138,12 @@ class D2GridConfig(MethodConfig):
             )
         unknown_keys = set(self.d2sparse) - set(D2SparseConfig.__dataclass_fields__)
         if unknown_keys:
-            from ...errors import closest
-
             key = sorted(unknown_keys)[0]
             raise ConfigError(
                 f"unknown key 'method.d2sparse.{key}'"
                 f"{closest(key, D2SparseConfig.__dataclass_fields__)}"
             )
-        if "lottery" not in _methods() and {"imp", "omp"} & set(self.arms):
+        if "lottery" not in list_methods() and {"imp", "omp"} & set(self.arms):
             raise ConfigError(
                 "the imp and omp arms need the 'lottery' method, which this "
                 "installation lacks; remove them from method.arms"
@@ -154,12 +156,6 @@ class D2GridConfig(MethodConfig):
             return base
         epochs = max(1, round(base / budget))
         return min(epochs, self.max_epochs) if self.max_epochs else epochs
-
-
-def _methods() -> dict:
-    from ..registry import list_methods
-
-    return list_methods()
 
 
 def child_slug(arm: str, budget: float, density: float | None, seed: int) -> str:
@@ -217,10 +213,6 @@ def grid_children(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
 
 
 def _summary(pts) -> dict[str, Any]:
-    from collections import defaultdict
-
-    from ...report import mean_std
-
     acc: dict[str, list[float]] = defaultdict(list)
     for p in pts:
         acc[f"{p.arm}|{p.budget:g}|{p.density:g}"].append(p.summary["test_acc"])
@@ -245,11 +237,6 @@ def _summary(pts) -> dict[str, Any]:
 )
 def run_grid(cfg: ExperimentConfig, run: Run) -> dict:
     """Run every child (finished ones are skipped), then summarise."""
-    import sys
-
-    from ...report import collect
-    from ...runs.launch import run_single
-
     kids = grid_children(cfg)
     quiet = not cfg.train.progress
     for i, (slug, child) in enumerate(kids):

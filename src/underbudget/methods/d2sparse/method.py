@@ -14,6 +14,7 @@ from ...train.evaluate import evaluate
 from ...utils.seeding import derive_seed
 from ..common import build_model, eval_loader, make_trainer, prepare_data, train_loader
 from ..registry import register_method
+from ..sparse_setup import TrainingFlops
 from .build import DualSetup, build_dual
 from .config import D2SparseConfig
 from .report import report_d2sparse
@@ -51,7 +52,6 @@ def costs(setup: DualSetup, input_shape: tuple[int, ...], samples: int) -> dict[
     only); the RigL dense gradient at update steps is not counted. ``train_flops_dense`` is
     one dense network trained on the same samples, for reference.
     """
-    from ..sparse_setup import TrainingFlops
 
     out: dict[str, Any] = {}
     forward = {}
