@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,20 +18,29 @@ from typing import Any
 TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 #: a temporary file untouched for this long belongs to a writer that was killed
 STALE_AFTER_S = 60.0
-_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read now (it may change while the process runs)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:  # no /proc: set and restore (the lock keeps threads from racing)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _file_mode(path: Path) -> int:
-    """Mode for a new file at ``path``: the old file's, else what ``open`` would give."""
-    global _UMASK
+    """Mode for a new file at ``path``: the old file's, else what ``open`` would give
+    (``0o666`` less the user's umask)."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
-        pass
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return 0o666 & ~_UMASK
+        return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
