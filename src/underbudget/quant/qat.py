@@ -50,6 +50,20 @@ class _RoundSTE(torch.autograd.Function):
         return grad
 
 
+class _RoundKeepSupportSTE(torch.autograd.Function):
+    """Round, but a nonzero input never lands on code 0 (it takes the code ``sign(x)``);
+    identity gradient. Zero stays zero, so the support of a tensor is kept exactly."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        r = torch.round(x)
+        return torch.where((r == 0) & (x != 0), torch.sign(x), r)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by ``scale`` (a tensor)."""
 
@@ -64,23 +78,37 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * scale, None
 
 
-def lsq_fake_quantize(x: Tensor, step: Tensor, grad_scale: Tensor, qn: int, qp: int) -> Tensor:
-    """LSQ fake quantization ``round(clamp(x / s, -qn, qp)) * s`` with STE and scaled step grad."""
+def lsq_fake_quantize(
+    x: Tensor, step: Tensor, grad_scale: Tensor, qn: int, qp: int, keep_support: bool = False
+) -> Tensor:
+    """LSQ fake quantization ``round(clamp(x / s, -qn, qp)) * s`` with STE and scaled step grad.
+
+    ``keep_support``: nonzero entries never quantize to 0 (their code is at least 1 in
+    magnitude, with their sign) and zeros stay 0, so a sparse tensor keeps exactly its
+    nonzero pattern; the step's gradient is the LSQ one of this rounding.
+    """
     s = _ScaleGrad.apply(step.clamp_min(_EPS), grad_scale)
-    return _RoundSTE.apply(torch.clamp(x / s, -qn, qp)) * s
+    rounding = _RoundKeepSupportSTE if keep_support else _RoundSTE
+    return rounding.apply(torch.clamp(x / s, -qn, qp)) * s
 
 
 class LSQQuantizer(nn.Module):
     """One learned step size (per tensor, or per output channel for weights).
 
     ``signed=None`` decides the grid from the first tensor seen (activations).
+    ``keep_support`` (signed grids, weights of a pruned network): a nonzero value never
+    rounds to 0, so the quantized tensor has exactly the nonzeros of the float one.
     The step initialises from the first tensor passed to :meth:`initialize` or to the forward
     pass; ``grad_scale`` and ``signed`` are buffers so a saved model restores exactly.
     """
 
-    def __init__(self, bits: int, signed: bool | None = True, channels: int | None = None):
+    def __init__(self, bits: int, signed: bool | None = True, channels: int | None = None,
+                 keep_support: bool = False):
         super().__init__()
+        if keep_support and not signed:
+            raise ConfigError("keep_support needs a signed grid (weights), not activations")
         self.bits = check_bits(bits)
+        self.keep_support = bool(keep_support)
         self.channels = channels
         shape = (channels,) if channels else ()
         self.step = nn.Parameter(torch.ones(shape))
@@ -146,10 +174,11 @@ class LSQQuantizer(nn.Module):
             self.initialize(x)
         step = self._view(self.step, x)
         g = self._view(self.grad_scale, x)
-        return lsq_fake_quantize(x, step, g, self.qn, self.qp)
+        return lsq_fake_quantize(x, step, g, self.qn, self.qp, self.keep_support)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, channels={self.channels}"
+        keep = ", keep_support=True" if self.keep_support else ""
+        return f"bits={self.bits}, channels={self.channels}{keep}"
 
 
 def _sync_after_load(module: nn.Module, incompatible: Any) -> None:
@@ -162,10 +191,14 @@ class _LSQLayer:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _setup_quant(self, bits: int, act_bits: int | None, per_channel: bool) -> None:
+    def _setup_quant(
+        self, bits: int, act_bits: int | None, per_channel: bool, keep_support: bool = False
+    ) -> None:
         channels = self.weight.shape[0] if per_channel else None
         device = self.weight.device
-        self.weight_quantizer = LSQQuantizer(bits, signed=True, channels=channels).to(device)
+        self.weight_quantizer = LSQQuantizer(
+            bits, signed=True, channels=channels, keep_support=keep_support
+        ).to(device)
         if not self.weight.is_meta:
             self.weight_quantizer.initialize(self.weight)
         self.input_quantizer = (
@@ -184,14 +217,19 @@ class _LSQLayer:
 
     @classmethod
     def from_float(
-        cls, module: nn.Module, bits: int, act_bits: int | None = None, per_channel: bool = False
+        cls,
+        module: nn.Module,
+        bits: int,
+        act_bits: int | None = None,
+        per_channel: bool = False,
+        keep_support: bool = False,
     ) -> nn.Module:
         """A QAT layer sharing ``module``'s ``weight`` and ``bias`` parameters."""
         kwargs = _LAYER_KWARGS[cls._float_type](module)
         new = cls(**kwargs, bits=bits, device="meta")
         new.weight = module.weight
         new.bias = module.bias
-        new._setup_quant(bits, act_bits, per_channel)
+        new._setup_quant(bits, act_bits, per_channel, keep_support)
         new.train(module.training)
         return new
 
@@ -325,13 +363,16 @@ def prepare_qat(
     act_bits: int | None = None,
     per_channel: bool = False,
     layers: Iterable[str] | None = None,
+    keep_support: bool = False,
 ) -> nn.Module:
     """Swap Conv/Linear layers of ``model`` for LSQ layers IN PLACE and return the model.
 
     ``layers``: module names to quantize (default every Conv/Linear). Parameter names of the
     wrapped weights and biases are unchanged (``conv1.weight`` stays ``conv1.weight``); each
     layer gains ``weight_quantizer.step`` and, with ``activations``, ``input_quantizer.step``
-    (initialised from the first batch). Build the optimizer AFTER calling this. When ``model``
+    (initialised from the first batch). ``keep_support``: a nonzero weight never quantizes to
+    0 (pruned weights, exactly 0, stay 0), so a sparse model keeps its density through
+    quantization. Build the optimizer AFTER calling this. When ``model``
     itself is a Conv/Linear layer the returned object is a new module: always use the result.
     """
     check_bits(bits)
@@ -350,7 +391,7 @@ def prepare_qat(
     for name in names:
         module = modules[name]
         new = _QAT_TYPES[type(module)].from_float(
-            module, bits, a_bits if activations else None, per_channel
+            module, bits, a_bits if activations else None, per_channel, keep_support
         )
         if not name:
             return new

@@ -150,6 +150,10 @@ def _example(model: nn.Module, input_shape: Any) -> Tensor:
     return torch.zeros((1, *shape), dtype=dtype, device=device)
 
 
+#: layers whose weights are counted; children they own (fake quantizers) are part of them
+_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
 class _Recorder:
     """Forward hooks that fill a :class:`FlopProfile` (totals, divided by the batch later)."""
 
@@ -192,8 +196,8 @@ class _Recorder:
         if isinstance(module, nn.MultiheadAttention):
             self.functions.suspended -= 1
             self.attention(module, name, args, kwargs)
-        elif next(module.children(), None) is None:
-            self.leaf(module, name, args, output)
+        elif next(module.children(), None) is None or isinstance(module, _WEIGHT_LAYERS):
+            self.leaf(module, name, args, output)  # a layer's own children: its quantizers
 
     def attention(self, module: nn.MultiheadAttention, name: str, args, kwargs) -> None:
         count = mha_count(module, args, kwargs)
@@ -259,9 +263,9 @@ def profile_flops(model: nn.Module, input_shape: Any) -> FlopProfile:
     rec = _Recorder(model)
     inside_mha = {
         id(sub)
-        for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+        for m in model.modules() if isinstance(m, (nn.MultiheadAttention, *_WEIGHT_LAYERS))
         for sub in m.modules() if sub is not m
-    }
+    }  # attention: counted by its rule; a Conv/Linear's children (quantizers): part of it
     handles = []
     for mod_name, module in model.named_modules():
         if id(module) in inside_mha:  # its parameters are counted by the attention rule

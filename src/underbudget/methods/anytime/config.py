@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from ...config import ConfigError, MethodConfig
+from ...config import ConfigError, ExperimentConfig, MethodConfig
 from ...errors import unknown
+from ...sections import StreamConfig
 
 REPLAY_HELP = "full | none | window:K | buffer:N"
 SCORE_SOURCES = ("newest", "replay")
 PRUNE_LAYERS = ("all", "conv")
+#: settings of the stream itself, read from the top-level ``stream`` section when it is set
+STREAM_FIELDS = ("megabatches", "replay", "warm_start", "class_balanced", "val_fraction")
 
 
 @dataclass
@@ -51,7 +55,15 @@ class AnytimeConfig(MethodConfig):
     d2sparse: dict = field(default_factory=dict)  # d2sparse strategy: D2-Sparse settings
 
     def validate(self, cfg) -> None:
-        """Reject impossible streams and unknown names early, with the fix."""
+        """Reject impossible streams and unknown names early, with the fix.
+
+        With a ``stream`` section the stream fields are checked as resolved from it (and a
+        disagreement between the two is one error).
+        """
+        resolved_stream(cfg, self).check(cfg)
+
+    def check(self, cfg) -> None:
+        """The checks of :meth:`validate` on these (already resolved) settings."""
         from .strategies import STRATEGIES
 
         if self.strategy not in STRATEGIES:
@@ -90,9 +102,34 @@ class AnytimeConfig(MethodConfig):
             raise ConfigError("train.select=best needs method.val_fraction > 0")
         if cfg.data.val_fraction:
             raise ConfigError(
-                "the anytime method splits validation data from each megabatch: set "
-                "method.val_fraction instead of data.val_fraction")
+                "a stream splits validation data from each megabatch: set "
+                "stream.val_fraction (or method.val_fraction) instead of data.val_fraction")
 
     def final_density(self) -> float:
         """Target density at the end of the stream."""
         return self.d_final if self.d_final is not None else 0.8 ** self.tau
+
+
+def resolved_stream(cfg: ExperimentConfig, acfg: AnytimeConfig) -> AnytimeConfig:
+    """``acfg`` with its stream fields resolved against ``cfg.stream`` when the section is set.
+
+    A field set on one side only (the other at its default) takes that value; set on both
+    sides to two different values it is one ConfigError; ``stream.megabatches`` always wins
+    over a default ``method.megabatches``.
+    """
+    stream = cfg.stream
+    if not stream.enabled:
+        return acfg
+    mine_default, theirs_default = AnytimeConfig(), StreamConfig()
+    values = {}
+    for name in STREAM_FIELDS:
+        mine, theirs = getattr(acfg, name), getattr(stream, name)
+        given_mine = mine != getattr(mine_default, name)
+        given_theirs = theirs != getattr(theirs_default, name)
+        if given_mine and given_theirs and mine != theirs:
+            raise ConfigError(
+                f"method.{name}={mine!r} and stream.{name}={theirs!r} disagree; the stream "
+                f"section sets the stream: drop method.{name} (or make the two equal)"
+            )
+        values[name] = theirs if given_theirs or not given_mine else mine
+    return dataclasses.replace(acfg, **values)

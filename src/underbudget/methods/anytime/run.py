@@ -20,7 +20,9 @@ from ...train import resolve_device
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, generator
 from ..common import build_model, eval_loader, make_trainer, prepare_data, train_loader
+from ..precision_setup import calibration_loader, finish_model, first_inputs, prepare_model
 from .config import AnytimeConfig
+from .from_sections import anytime_experiment
 from .plan import StreamPlan, plan_stream
 from .strategies import STRATEGIES, StreamContext, gmp_steps
 from .stream_callback import StreamCallback
@@ -97,8 +99,14 @@ def _score_batches(cfg: ExperimentConfig, data, plan: StreamPlan, device):
 
 
 def run_anytime(cfg: ExperimentConfig, run: Run) -> dict:
-    """Train ``method.strategy`` over the stream; evaluate after every megabatch."""
+    """Train ``method.strategy`` over the stream; evaluate after every megabatch.
+
+    The stream comes from the ``stream`` section when it is set (see :mod:`.from_sections`);
+    with ``precision.mode: qat`` every stage trains the LSQ-quantized model, so each stage's
+    evaluation is the quantized model's, and the converted model is the one saved.
+    """
     started = time.perf_counter()
+    cfg = anytime_experiment(cfg)
     a = cfg.method
     data = prepare_data(cfg, run)
     plan = plan_stream(data.train.labels, a, cfg.seed)
@@ -116,11 +124,19 @@ def run_anytime(cfg: ExperimentConfig, run: Run) -> dict:
                         seed=derive_seed(cfg.seed, "prune") % (2**31),
                         input_shape=data.image_shape)
     setup = STRATEGIES[a.strategy](ctx, model)
+    sparse = setup.masks is not None
+    first = data.train.subset(plan.stage_train[0])
+
+    def example() -> torch.Tensor:
+        return first_inputs(cfg, first, data.splits.mean, data.splits.std, "cpu")
+
+    setup.model = prepare_model(cfg, setup.model, sparse, example)
     seeds = [derive_seed(cfg.seed, init_key(b)) if b == 0 or not a.warm_start else None
              for b in range(T)]
 
     def fresh_init(b: int) -> dict[str, torch.Tensor]:
-        return build_model(cfg, data, seed_key=init_key(b)).state_dict()
+        fresh = build_model(cfg, data, seed_key=init_key(b))
+        return prepare_model(cfg, fresh, sparse, example).state_dict()
 
     stream = StreamCallback(setup, ctx, data.image_shape, started=started, init_seeds=seeds,
                             fresh_init=None if a.warm_start else fresh_init)
@@ -146,7 +162,12 @@ def run_anytime(cfg: ExperimentConfig, run: Run) -> dict:
     trainer.finish()
     stages = [h for h in trainer.history if h.get("evaluated")]
     summary = anytime_summary(stages, test_size=len(data.test))
-    deployed = setup.deployed_model()
+    last_data = data.train.subset(plan.stage_train[-1])
+    deployed, precision = finish_model(
+        cfg, setup.deployed_model(), setup.masks, data.image_shape,
+        eval_loader(cfg, data.test, data.splits, device), device,
+        calib=lambda: calibration_loader(cfg, last_data, data.splits.mean, data.splits.std,
+                                         device))
     save_weights(deployed, run.artifact("model.safetensors"))
     if a.save_masks and setup.masks is not None:
         setup.masks.save(run.artifact("masks.safetensors"))
@@ -166,6 +187,7 @@ def run_anytime(cfg: ExperimentConfig, run: Run) -> dict:
         test_size=len(data.test),
         init_seeds=seeds,
     )
+    summary.update(precision)
     summary["density_per_stage"] = [s["density"] for s in stages]
     summary["density_scheduled_per_stage"] = [s["density_scheduled"] for s in stages]
     summary["test_acc_per_stage"] = [s["test_acc"] for s in stages]

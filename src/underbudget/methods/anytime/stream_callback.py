@@ -10,6 +10,7 @@ import torch
 
 from ... import sparsity
 from ...metrics.anytime import gap_paper
+from ...quant.in_training import is_qat, quantized_density
 from ...sparsity.prune import SYNFLOW_ITERATIONS
 from ...train.callbacks import Callback
 
@@ -46,6 +47,8 @@ class StreamCallback(Callback):
     run (FLOPs and examples of training steps, of scoring passes and of evaluation; wall-clock
     seconds, resume-aware, and its parts), generalization gaps (train − test, train −
     validation, and the APP code's ``gap_paper``) and the seed of the stage's initialisation.
+    With QAT: the bit widths and ``density_quantized``, the nonzero fraction of the prunable
+    weights as the stage's (fake-quantized) forward pass uses them.
 
     Every optimizer step counts, also in epochs that best-epoch selection later discards.
     """
@@ -127,7 +130,7 @@ class StreamCallback(Callback):
 
     def after_step(self, trainer, outputs: dict) -> None:
         _, nonzero = self._measure()
-        n = outputs["labels"].numel()
+        n = int(getattr(trainer, "step_examples", 0) or outputs["labels"].numel())  # global
         self.counts["train_flops"] += 3.0 * nonzero * n * self.setup.train_cost_factor
         self.counts["train_samples"] += n
 
@@ -156,6 +159,12 @@ class StreamCallback(Callback):
             metrics["density"] = 1.0
             metrics["density_all"] = nnz / max(1, total)
             metrics["nonzeros"] = nnz
+        precision = self.ctx.cfg.precision
+        if is_qat(precision):  # measured on the weights as this stage's forward pass uses them
+            names = masks.names() if masks is not None else list(sparsity.prunable_parameters(net))
+            metrics["density_quantized"] = quantized_density(net, names)
+            metrics["weight_bits"] = precision.weight_bits
+            metrics["act_bits"] = precision.act_bits
         metrics["flops_dense"] = dense_f
         metrics["flops_nonzero"] = nonzero_f
         metrics["train_examples"] = int(self.ctx.plan.stage_train[b].numel())

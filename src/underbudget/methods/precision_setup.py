@@ -1,0 +1,78 @@
+"""The ``precision`` section in a method: the model to train, the model to deploy, its record.
+
+Every method that trains calls :func:`prepare_model` before building its trainer (QAT layers
+then train and checkpoint with the model) and :func:`finish_model` after training: the model
+is converted (QAT) or post-training quantized (PTQ), evaluated on the test loader, and the
+summary gets the bits, the density measured on the deployed weights and the deployed bytes
+(see :mod:`underbudget.quant.in_training`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..data import ImageSet, Loader
+from ..quant.in_training import deploy, precision_summary, prepare_for_training
+from ..sparsity import MaskSet
+from ..train.evaluate import evaluate
+from ..utils.seeding import generator
+
+
+def prepare_model(cfg: ExperimentConfig, model: nn.Module, sparse: bool,
+                  example: Callable[[], torch.Tensor] | None = None) -> nn.Module:
+    """The model to train under ``cfg.precision`` (LSQ layers for ``qat``; else ``model``).
+
+    ``example`` returns a batch of training inputs; the activation steps start from it.
+    """
+    if cfg.precision.mode != "qat":
+        return model
+    x = example() if example is not None and cfg.precision.act_bits is not None else None
+    return prepare_for_training(model, cfg.precision, sparse, x)
+
+
+def first_inputs(cfg: ExperimentConfig, images: ImageSet, mean: Any, std: Any,
+                 device: Any) -> torch.Tensor:
+    """The first batch of the calibration draw (see :func:`calibration_loader`), inputs only."""
+    x, _ = next(iter(calibration_loader(cfg, images, mean, std, device)))
+    return x
+
+
+def calibration_loader(cfg: ExperimentConfig, images: ImageSet, mean: Any, std: Any,
+                       device: Any) -> Loader:
+    """``precision.calib_size`` training images (a seeded draw, un-augmented) for PTQ ranges."""
+    n = len(images)
+    k = max(1, min(n, cfg.precision.calib_size))
+    pick = torch.randperm(n, generator=generator(cfg.seed, "calibration"))[:k]
+    batch = max(1, min(cfg.data.batch_size, k))
+    return Loader(images.subset(pick), batch, shuffle=False, mean=mean, std=std, device=device)
+
+
+def finish_model(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    masks: MaskSet | None,
+    input_shape: Any,
+    test: Any,
+    device: Any,
+    calib: Callable[[], Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The deployed model and its precision record (with ``deployed_test_acc`` when quantized).
+
+    ``test``: the test loader; ``calib``: returns calibration batches (PTQ with activations).
+    """
+    p = cfg.precision
+    data = calib() if p.mode == "ptq" and p.act_bits is not None and calib is not None else None
+    deployed, _ = deploy(model, p, masks, data)
+    record = precision_summary(deployed, p, masks, input_shape)
+    if p.enabled:
+        deployed.eval()
+        result = evaluate(deployed, test, device=device)
+        record["deployed_test_acc"] = result["acc"]
+        record["deployed_test_errors"] = result.get("errors")
+    return deployed, record
+
