@@ -19,7 +19,7 @@ from underbudget.methods import sparse_setup
 from underbudget.methods.common import build_model, prepare_data
 from underbudget.runs import Run
 from underbudget.runs.launch import run_experiment
-from underbudget.sparsity import MaskSet
+from underbudget.sparsity import MaskSet, at_init
 from underbudget.sparsity.allocation import keep_count
 from underbudget.train import Callback
 
@@ -268,10 +268,8 @@ def test_prune_at_init_is_not_redone_on_resume(monkeypatch, tmp_path):
         }
     )
     calls = []
-    real_prune = sparse_setup.prune
-    monkeypatch.setattr(
-        sparse_setup, "prune", lambda *a, **k: calls.append(1) or real_prune(*a, **k)
-    )
+    real_prune = at_init.prune  # what PruneAtInit calls
+    monkeypatch.setattr(at_init, "prune", lambda *a, **k: calls.append(1) or real_prune(*a, **k))
     resumed, _ = killed_then_resumed(monkeypatch, cfg, tmp_path)
     assert len(calls) == 2, "killed run and straight run prune; the resumed run restores"
     assert len(resumed.events("mask_update")) == 1

@@ -15,12 +15,21 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, closest, unknown
+from .config_sources import (
+    apply_overrides,
+    check_repeated,
+    get_dotted,
+    list_presets,
+    parse_override,
+    presets_dir,
+    resolve_source,
+    set_dotted,
+)
+from .errors import ConfigError, unknown
 from .sections import (
     ExecutorConfig,
     PrecisionConfig,
@@ -29,7 +38,17 @@ from .sections import (
     TransferConfig,
 )
 from .utils.typed import build_dataclass as _build
-from .utils.yamlfile import DuplicateKeyError, load_unique, load_yaml
+from .utils.yamlfile import load_yaml
+
+__all__ = [  # the config API, re-exports from config_sources included
+    "DataConfig", "ExperimentConfig", "LR_SCHEDULES", "MAX_NAME_LENGTH", "MethodConfig",
+    "ModelConfig", "OPTIMIZERS", "OptimConfig", "PLATFORM_KEYS", "SparsityConfig",
+    "TRACK_BACKENDS", "TrackConfig", "TrainConfig", "WANDB_MODES", "apply_overrides",
+    "check_repeated", "config_hash", "flatten", "from_dict", "get_dotted", "is_platform_key",
+    "list_presets", "load_config", "load_yaml", "method_config_class", "non_defaults",
+    "parse_override", "presets_dir", "register_method_config", "resolve_source", "run_name",
+    "set_dotted", "to_dict", "to_yaml", "validate",
+]
 
 #: Settings that choose where and how a run executes, not what it computes: they are left out
 #: of the run's name and hash, so a run started on one device (or with progress bars, trackers,
@@ -248,103 +267,7 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``key.sub=value``; the value is read as YAML (numbers, lists, true/null)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = load_unique(raw) if raw.strip() else None
-    except DuplicateKeyError as exc:
-        raise ConfigError(f"override {text!r}: {exc.args[0].split(' (lines')[0]}") from None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def check_repeated(keys: list[str], where: str = "on the command line") -> None:
-    """Refuse a key given twice (or a key and a section holding it): one of them would be lost.
-    """
-    seen: list[str] = []
-    for key in keys:
-        for other in seen:
-            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
-                same = "is given twice" if key == other else f"overlaps {other}"
-                raise ConfigError(f"{key} {same} {where}; keep one")
-        seen.append(key)
-
-
-def set_dotted(values: dict, key: str, value: Any) -> None:
-    """Set ``values['a']['b'] = value`` for ``key='a.b'``, creating mappings as needed."""
-    parts = key.split(".")
-    node = values
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif isinstance(child, str) and part == "method":
-            child = node[part] = {"name": child}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def get_dotted(values: dict, key: str) -> Any:
-    """Read a dotted key from a nested mapping (None when absent)."""
-    node: Any = values
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def apply_overrides(values: dict, overrides: list[str] | dict) -> dict:
-    """Apply ``key=value`` strings (or a mapping of dotted keys) to a nested mapping copy."""
-    values = json.loads(json.dumps(values))
-    items = (list(overrides.items()) if isinstance(overrides, dict)
-             else [parse_override(o) for o in overrides])
-    check_repeated([k for k, _ in items])
-    for key, value in items:
-        set_dotted(values, key, value)
-    return values
-
-
-# --------------------------------------------------------------------------- presets and names
-
-
-def presets_dir() -> Path:
-    """Directory of the shipped YAML presets."""
-    return Path(__file__).parent / "presets"
-
-
-def list_presets() -> list[str]:
-    """Names of the shipped presets."""
-    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
-
-
-def resolve_source(source: str) -> dict:
-    """Read a preset name or a YAML file path into a nested mapping."""
-    path = Path(source)
-    preset_named = (presets_dir() / f"{source}.yaml").is_file()
-    if path.suffix in (".yaml", ".yml") or (path.exists() and not (path.is_dir() and preset_named)):
-        values = load_yaml(path, allow_empty=False)
-        values.setdefault("name", path.stem)
-        return values
-    preset = presets_dir() / f"{source}.yaml"
-    if not preset.exists():
-        names = list_presets()
-        raise ConfigError(
-            f"unknown preset {source!r}{closest(source, names)} and no such file; "
-            f"presets: {', '.join(names)}"
-        )
-    values = load_yaml(preset)
-    values.setdefault("name", source)
-    return values
+# --------------------------------------------------------------------------- loading and names
 
 
 def load_config(source: str | dict, overrides: list[str] | dict | None = None) -> ExperimentConfig:
@@ -390,8 +313,9 @@ def run_name(cfg: ExperimentConfig) -> str:
 
 # --------------------------------------------------------------------------- validation
 
-_SCHEDULES = ("none", "step", "multistep", "cosine")
-_OPTIMIZERS = ("sgd", "adam", "adamw")
+#: the optimizers and learning-rate schedules :mod:`underbudget.train.optim` builds
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("none", "step", "multistep", "cosine")
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -409,10 +333,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
     if d.limit is not None and d.limit < 1:
         raise ConfigError(f"data.limit must be at least 1, got {d.limit}")
-    if o.name not in _OPTIMIZERS:
-        raise unknown("optimizer (optim.name)", o.name, _OPTIMIZERS)
-    if o.schedule not in _SCHEDULES:
-        raise unknown("LR schedule (optim.schedule)", o.schedule, _SCHEDULES)
+    if o.name not in OPTIMIZERS:
+        raise unknown("optimizer (optim.name)", o.name, OPTIMIZERS)
+    if o.schedule not in LR_SCHEDULES:
+        raise unknown("LR schedule (optim.schedule)", o.schedule, LR_SCHEDULES)
     if not (math.isfinite(o.lr) and o.lr > 0):
         raise ConfigError(f"optim.lr must be a positive finite number, got {o.lr}")
     if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):

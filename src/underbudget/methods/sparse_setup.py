@@ -19,11 +19,8 @@ masks in force (:class:`TrainingFlops`).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import ExperimentConfig, SparsityConfig
@@ -33,24 +30,29 @@ from ..sparsity import (
     CRITERIA,
     SCOPES,
     SET,
-    DynamicSparse,
-    FlopProfile,
     GradualMagnitude,
     MaskCallback,
     MaskSet,
     RigL,
     Targets,
     cost,
-    profile_flops,
     prune,
 )
+from ..sparsity.at_init import Batches, PruneAtInit, criterion_options
+from ..sparsity.dynamic import DynamicStats
+from ..sparsity.schedules import gradual_steps
 from ..sparsity.targets import unwrap
+from ..sparsity.training_cost import TrainingFlops
 from ..train.callbacks import Callback
 from ..utils.seeding import derive_seed
 
+__all__ = [
+    "Batches", "DynamicStats", "PruneAtInit", "SPARSE_METHODS", "TrainingFlops", "check_sparsity",
+    "criterion_options", "gradual_steps", "scoring_batches", "sparse_callbacks", "sparse_summary",
+    "targets_of",
+]
+
 SPARSE_METHODS = ("none", "prune_at_init", "static", "gradual", "set", "rigl")
-DATA_CRITERIA = ("snip", "grasp", "taylor")
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- validation
@@ -138,204 +140,7 @@ def scoring_batches(
     return out
 
 
-def criterion_options(
-    criterion: str, data_fn: Callable[[], Batches] | None, input_shape: Sequence[int] | None
-) -> dict:
-    """Keyword arguments :func:`~underbudget.sparsity.prune` needs for ``criterion``
-    (scoring batches for data-driven criteria, the input shape for SynFlow)."""
-    if criterion in DATA_CRITERIA:
-        if data_fn is None:
-            raise ConfigError(f"criterion {criterion!r} needs scoring data from the training set")
-        return {"data": data_fn()}
-    if criterion == "synflow":
-        if input_shape is None and data_fn is not None:
-            return {"data": data_fn()}
-        return {"input_shape": None if input_shape is None else tuple(input_shape)}
-    return {}
-
-
-# --------------------------------------------------------------------------- callbacks
-
-
-class PruneAtInit(MaskCallback):
-    """Prune once, before the first training step, then keep the masks fixed.
-
-    The pruning happens in ``before_stage`` of the first stage and is recorded in the
-    checkpointed state, so a resumed run restores the masks instead of scoring again.
-    """
-
-    name = "prune_at_init"
-
-    def __init__(
-        self,
-        masks: MaskSet,
-        density: float,
-        criterion: str = "magnitude",
-        scope: str = "global",
-        data_fn: Callable[[], Batches] | None = None,
-        iterations: int | None = None,
-        seed: int = 0,
-        input_shape: Sequence[int] | None = None,
-        log: bool = True,
-    ):
-        super().__init__(masks, log=log, input_shape=input_shape)
-        self.density, self.criterion, self.scope = float(density), criterion, scope
-        self.data_fn, self.iterations, self.seed = data_fn, iterations, int(seed)
-        self.pruned = False
-
-    def before_stage(self, trainer: Any, stage: int) -> None:
-        super().before_stage(trainer, stage)
-        if not self.pruned:
-            self.prune_now(trainer)
-
-    def prune_now(self, trainer: Any) -> None:
-        """Score the current (initial) weights and prune to the target density."""
-        model = unwrap(trainer.model)
-        t0 = time.perf_counter()
-        opts = criterion_options(self.criterion, self.data_fn, self.input_shape)
-        prune(
-            model,
-            self.density,
-            self.criterion,
-            self.scope,
-            masks=self.masks,
-            seed=self.seed,
-            iterations=self.iterations,
-            **opts,
-        )
-        self.pruned = True
-        self.enforcer.sync(trainer.optimizer)
-        self.on_change(
-            trainer,
-            criterion=self.criterion,
-            scope=self.scope,
-            target_density=self.density,
-            iterations=self.iterations,
-            scoring_time=time.perf_counter() - t0,
-        )
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["pruned"] = self.pruned
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.pruned = bool(state.get("pruned", self.pruned))
-
-
-class TrainingFlops(Callback):
-    """Training FLOPs counted step by step: ``factor`` x forward FLOPs x batch size.
-
-    Forward FLOPs are those of the masks in force at each step (nonzero-aware: a pruned weight
-    costs nothing; recounted only when the masks change) and, for reference, of the dense
-    model. ``factor`` 3 counts the forward pass and a backward pass twice as costly. The
-    totals of the run so far are added to each stage's metrics as ``train_flops``,
-    ``train_flops_dense`` and ``train_samples``.
-    """
-
-    name = "training_flops"
-
-    def __init__(
-        self,
-        masks: MaskSet | None = None,
-        input_shape: Sequence[int] | None = None,
-        factor: float = 3.0,
-    ):
-        self.masks, self.factor = masks, float(factor)
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
-        self.forward_sum = 0.0  # sum over steps of batch size x forward FLOPs (masked)
-        self.dense_sum = 0.0
-        self.samples = 0
-        self._profile: FlopProfile | None = None
-        self._cached: tuple[int, float, float] | None = None  # (mask version, masked, dense)
-
-    def forward_flops(self, model: nn.Module) -> tuple[float, float]:
-        """(masked, dense) FLOPs of one forward pass of one sample with the current masks."""
-        model = unwrap(model)
-        version = -1 if self.masks is None else self.masks.version
-        if self._cached is not None and self._cached[0] == version:
-            return self._cached[1], self._cached[2]
-        if self._profile is None:
-            self._profile = profile_flops(model, self.input_shape)
-        prof = self._profile
-        fixed = sum(prof.bias_flops.values()) + sum(prof.other_flops.values())
-        macs = dense = 0
-        for name, uses in prof.weight_uses.items():
-            numel = model.get_parameter(name).numel()
-            kept = numel
-            if self.masks is not None and name in self.masks:
-                kept = int(self.masks[name].count_nonzero())
-            macs += uses * kept
-            dense += uses * numel
-        self._cached = (version, float(2 * macs + fixed), float(2 * dense + fixed))
-        return self._cached[1], self._cached[2]
-
-    def before_step(self, trainer: Any, batch: Any) -> None:
-        x = batch[0] if isinstance(batch, tuple | list) else batch
-        if self.input_shape is None:
-            self.input_shape = tuple(x.shape[1:])
-        masked, dense = self.forward_flops(trainer.model)
-        n = int(x.shape[0])
-        self.forward_sum += masked * n
-        self.dense_sum += dense * n
-        self.samples += n
-
-    def totals(self) -> dict[str, float]:
-        return {
-            "train_flops": self.factor * self.forward_sum,
-            "train_flops_dense": self.factor * self.dense_sum,
-            "train_samples": self.samples,
-        }
-
-    def after_stage(self, trainer: Any, stage: int, metrics: dict) -> None:
-        metrics.update(self.totals())
-
-    def state_dict(self) -> dict:
-        return {
-            "forward_sum": self.forward_sum,
-            "dense_sum": self.dense_sum,
-            "samples": self.samples,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.forward_sum = float(state.get("forward_sum", 0.0))
-        self.dense_sum = float(state.get("dense_sum", 0.0))
-        self.samples = int(state.get("samples", 0))
-
-
-class DynamicStats(Callback):
-    """Adds the final in-time over-parameterization figures of SET/RigL to the stage metrics:
-    ``ever_active`` (fraction of prunable weights active at some point), ``iou_initial`` (mask
-    overlap with the initial masks) and ``mask_updates`` (drop-and-grow updates so far)."""
-
-    name = "dynamic_stats"
-
-    def __init__(self, dynamic: DynamicSparse):
-        self.dynamic = dynamic
-
-    def after_stage(self, trainer: Any, stage: int, metrics: dict) -> None:
-        d = self.dynamic
-        if d.masks is None or d.initial is None or d.ever_active is None:
-            return
-        metrics["ever_active"] = d.ever_active.density()
-        metrics["iou_initial"] = d.masks.iou(d.initial)
-        t_end = d.t_end_steps or 0
-        metrics["mask_updates"] = sum(d.is_update(t, t_end) for t in range(d.steps))
-
-
 # --------------------------------------------------------------------------- from config
-
-
-def gradual_steps(total: int, start: float, end: float, interval: int) -> tuple[int, int, int]:
-    """(t0, n, dt) of the cubic schedule: prune every ``interval`` steps from ``start`` to
-    about ``end`` of ``total`` steps (one event at the end point when the window is shorter)."""
-    t0 = int(round(start * total))
-    t_end = max(t0 + 1, int(round(end * total)))
-    span = t_end - t0
-    if span < interval:
-        return t0, 1, span
-    return t0, span // interval, interval
 
 
 def sparse_callbacks(

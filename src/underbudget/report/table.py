@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .collect import Record, pool_seeds
 
@@ -99,4 +100,14 @@ def to_csv(rows: list[dict], keys: Sequence[str]) -> str:
         counts = row.get("n", {})
         writer.writerow([row["setting"], row["seeds"]]
                         + [x for k in keys for x in (*row[k], counts.get(k, ""))])
+    return out.getvalue()
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text of ``header`` and ``rows``; a NaN cell is written empty."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
     return out.getvalue()

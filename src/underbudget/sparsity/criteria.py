@@ -21,11 +21,10 @@ scoring has no side effects on the model, its ``.grad`` or the global RNG.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -35,118 +34,34 @@ from torch import Tensor, nn
 from underbudget.callbacks import Callback
 from underbudget.errors import ConfigError, unknown
 from underbudget.sparsity.mask import MaskSet
+from underbudget.sparsity.scoring import (
+    LossFn,
+    grads_enabled,
+    model_device,
+    prunable_params,
+    require_data,
+    scoring_batches,
+    scoring_context,
+    summed_grads,
+)
 from underbudget.sparsity.targets import unwrap
-from underbudget.utils.seeding import derive_seed, generator
+from underbudget.utils.seeding import generator
 
 Scores = dict[str, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-# -- data helpers -----------------------------------------------------------------------------
-def _batches(data: Any, max_batches: int | None) -> Iterator[tuple[Tensor, Tensor]]:
-    if (
-        isinstance(data, tuple | list)
-        and len(data) >= 2
-        and all(isinstance(t, Tensor) for t in data[:2])
-    ):
-        data = [data]
-    for i, batch in enumerate(data):
-        if max_batches is not None and i >= max_batches:
-            return
-        if isinstance(batch, Mapping):
-            yield (
-                batch["x"] if "x" in batch else batch["input"],
-                batch.get("y", batch.get("target")),
-            )
-        else:
-            yield batch[0], batch[1]
-
-
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def scoring_context(model: nn.Module, seed: int, train: bool = True):
-    """Run ``model`` in train mode under a seeded RNG; restore mode, buffers and RNG after."""
-    was_training = model.training
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    device = _device(model)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(seed, "scoring"))
-        model.train(train)
-        try:
-            yield
-        finally:
-            model.train(was_training)
-            with torch.no_grad():
-                for n, b in model.named_buffers():
-                    if n in buffers:
-                        b.copy_(buffers[n])
-
-
-def _require_data(name: str, data: Any, what: str) -> None:
-    if data is None:
-        raise ConfigError(
-            f"criterion {name!r} needs {what}: pass data=<iterable of (x, y) batches> "
-            "(a small scoring subset of the training data is enough)"
-        )
-
-
-def _params(model: nn.Module, masks: MaskSet) -> list[nn.Parameter]:
-    return [model.get_parameter(n) for n in masks]
-
-
-def _grads(
-    model: nn.Module,
-    masks: MaskSet,
-    data: Any,
-    loss_fn: LossFn,
-    max_batches: int | None,
-    temperature: float = 1.0,
-    per_batch: Callable[[list[Tensor]], None] | None = None,
-) -> list[Tensor]:
-    """Sum over batches of dL/dw for the prunable weights (without touching ``.grad``)."""
-    params = _params(model, masks)
-    flags = [p.requires_grad for p in params]
-    total = [torch.zeros_like(p) for p in params]
-    device = _device(model)
-    seen = 0
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        for x, y in _batches(data, max_batches):
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(model(x) / temperature, y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-            if per_batch is not None:
-                per_batch(grads)
-            torch._foreach_add_(total, grads)
-            seen += 1
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
-    if seen == 0:
-        raise ConfigError("the scoring data yielded no batches; pass at least one (x, y) batch")
-    return total
 
 
 # -- criteria ---------------------------------------------------------------------------------
 @torch.no_grad()
 def magnitude(model: nn.Module, masks: MaskSet) -> Scores:
     """abs(w)."""
-    return {n: p.detach().abs() for n, p in zip(masks, _params(model, masks))}
+    return {n: p.detach().abs() for n, p in zip(masks, prunable_params(model, masks))}
 
 
 @torch.no_grad()
 def random(model: nn.Module, masks: MaskSet, seed: int = 0) -> Scores:
     """Uniform random scores from a generator derived from ``seed`` (one stream per layer)."""
     out = {}
-    for name, p in zip(masks, _params(model, masks)):
+    for name, p in zip(masks, prunable_params(model, masks)):
         gen = generator(seed, "random-scores", name)
         out[name] = torch.rand(p.shape, generator=gen).to(p.device)
     return out
@@ -164,10 +79,11 @@ def snip(
 
     Equal to abs(dL/dc) for a multiplicative mask c at c = 1 (SNIP).
     """
-    _require_data("snip", data, "data")
+    require_data("snip", data, "data")
     with scoring_context(model, seed):
-        grads = _grads(model, masks, data, loss_fn, max_batches)
-    return {n: (p.detach() * g).abs() for n, p, g in zip(masks, _params(model, masks), grads)}
+        grads = summed_grads(model, masks, data, loss_fn, max_batches)
+    params = prunable_params(model, masks)
+    return {n: (p.detach() * g).abs() for n, p, g in zip(masks, params, grads)}
 
 
 def grasp(
@@ -185,20 +101,17 @@ def grasp(
     the Hessian-gradient product on the same batches; logits are divided by ``temperature``
     (200 in the GraSP reference code).
     """
-    _require_data("grasp", data, "data")
+    require_data("grasp", data, "data")
     params = None
     with scoring_context(model, seed):
-        grads = _grads(model, masks, data, loss_fn, max_batches, temperature)
+        grads = summed_grads(model, masks, data, loss_fn, max_batches, temperature)
         keep = [m.to(g.device, g.dtype) for m, g in zip(masks.values(), grads)]
         g_alive = [g * k for g, k in zip(grads, keep)]
-        params = _params(model, masks)
-        flags = [p.requires_grad for p in params]
+        params = prunable_params(model, masks)
         hg = [torch.zeros_like(p) for p in params]
-        device = _device(model)
-        try:
-            for p in params:
-                p.requires_grad_(True)
-            for x, y in _batches(data, max_batches):
+        device = model_device(model)
+        with grads_enabled(params):
+            for x, y in scoring_batches(data, max_batches):
                 x, y = x.to(device), y.to(device)
                 loss = loss_fn(model(x) / temperature, y)
                 gs = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
@@ -209,9 +122,6 @@ def grasp(
                 torch._foreach_add_(
                     hg, [torch.zeros_like(p) if o is None else o for o, p in zip(out, params)]
                 )
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
     return {n: p.detach() * h for n, p, h in zip(masks, params, hg)}
 
 
@@ -232,7 +142,7 @@ class SynFlowScorer:
                 if b.is_floating_point():
                     b.abs_()
         self.original = {n: p for n, p in base.named_parameters()}
-        self.input = torch.ones((1, *input_shape), dtype=dtype, device=_device(base))
+        self.input = torch.ones((1, *input_shape), dtype=dtype, device=model_device(base))
 
     def __call__(self, masks: MaskSet) -> Scores:
         params = [self.copy.get_parameter(n) for n in masks]
@@ -260,7 +170,7 @@ def _input_shape(input_shape: Any, data: Any) -> tuple[int, ...]:
             return tuple(input_shape.shape[1:])
         return tuple(int(s) for s in input_shape)
     if data is not None:
-        for x, _ in _batches(data, 1):
+        for x, _ in scoring_batches(data, 1):
             return tuple(x.shape[1:])
     raise ConfigError(
         "criterion 'synflow' needs the input shape: pass input_shape=(C, H, W) "
@@ -350,7 +260,7 @@ def taylor(
             "criterion 'taylor' needs gradients: pass data=<iterable of (x, y) batches> or "
             "accumulated=<TaylorScore callback run during training>"
         )
-    params = _params(model, masks)
+    params = prunable_params(model, masks)
     totals = [torch.zeros_like(p) for p in params]
 
     def add(grads: list[Tensor]) -> None:
@@ -358,7 +268,7 @@ def taylor(
             t.add_((p.detach() * g).abs())
 
     with scoring_context(model, seed):
-        _grads(model, masks, data, loss_fn, max_batches, per_batch=add)
+        summed_grads(model, masks, data, loss_fn, max_batches, per_batch=add)
     return dict(zip(masks, totals))
 
 
@@ -381,6 +291,27 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "synflow": ("input_shape",),
     "taylor": ("data",),
 }
+#: criteria that always return fresh tensors (the others' scores are copied before masking)
+_FRESH = ("magnitude", "random", "snip", "grasp", "synflow")
+
+
+def register_criterion(
+    name: str, needs: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Scores]], Callable[..., Scores]]:
+    """Decorator adding ``fn(model, masks, **options) -> {param_name: scores}`` as criterion
+    ``name`` (higher keeps; ``sparsity.criterion: <name>`` then selects it).
+
+    ``needs`` says what it takes besides the model: ``("data",)`` for scoring batches (passed
+    as ``data=``), ``("input_shape",)`` for a dummy-input shape. Options it declares in its
+    signature (``seed``, ``data``, ``loss_fn``, ...) are passed when given.
+    """
+
+    def wrap(fn: Callable[..., Scores]) -> Callable[..., Scores]:
+        CRITERIA[name] = fn
+        NEEDS[name] = tuple(needs)
+        return fn
+
+    return wrap
 
 
 def score(
@@ -401,7 +332,7 @@ def score(
     if loss_fn is not None:
         offered["loss_fn"] = loss_fn
     if criterion in ("snip", "grasp"):
-        _require_data(criterion, data, "data")
+        require_data(criterion, data, "data")
     for key in kwargs:
         if key not in accepted:
             options = [k for k in accepted if k not in ("model", "masks")]
@@ -415,8 +346,8 @@ def score(
     out = {}
     for name, mask in masks.items():
         s = scores[name]
-        if criterion == "taylor":
-            s = s.clone()  # may be the caller's accumulator; the others return fresh tensors
+        if criterion not in _FRESH:
+            s = s.clone()  # may be the caller's tensor (taylor's accumulator)
         s.masked_fill_(~mask.to(s.device), -math.inf)
         if bool(torch.isnan(s).any()):
             s = s.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)

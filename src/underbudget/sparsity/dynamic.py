@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from underbudget.callbacks import Callback
 from underbudget.errors import ConfigError, unknown
 from underbudget.sparsity.allocation import check_density
 from underbudget.sparsity.enforce import MaskCallback
@@ -244,3 +245,23 @@ class RigL(DynamicSparse):
         if param.grad is None:
             return None
         return param.grad.detach().abs()
+
+
+class DynamicStats(Callback):
+    """Adds the final in-time over-parameterization figures of SET/RigL to the stage metrics:
+    ``ever_active`` (fraction of prunable weights active at some point), ``iou_initial`` (mask
+    overlap with the initial masks) and ``mask_updates`` (drop-and-grow updates so far)."""
+
+    name = "dynamic_stats"
+
+    def __init__(self, dynamic: DynamicSparse):
+        self.dynamic = dynamic
+
+    def after_stage(self, trainer: Any, stage: int, metrics: dict) -> None:
+        d = self.dynamic
+        if d.masks is None or d.initial is None or d.ever_active is None:
+            return
+        metrics["ever_active"] = d.ever_active.density()
+        metrics["iou_initial"] = d.masks.iou(d.initial)
+        t_end = d.t_end_steps or 0
+        metrics["mask_updates"] = sum(d.is_update(t, t_end) for t in range(d.steps))

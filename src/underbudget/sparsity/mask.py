@@ -15,76 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from underbudget.errors import CheckpointError, ConfigError
+from underbudget.sparsity.mask_binding import MaskBinding
 from underbudget.sparsity.targets import TargetsLike, resolve_targets, unwrap
 from underbudget.utils.atomic import write_bytes
 from underbudget.utils.tensorfile import safetensors_bytes
 
 FORMAT = "underbudget.masks"
 FORMAT_VERSION = "1"
-
-
-class _Binding:
-    """Parameters of one model paired with masks in their device, dtype and memory layout.
-
-    A float mask multiplies about 3x faster than a bool one on CPU; the price is one extra
-    weight-sized tensor per prunable parameter, on its device.
-    """
-
-    @torch.no_grad()
-    def __init__(self, masks: dict[str, Tensor], model: nn.Module):
-        self.params: list[nn.Parameter] = []
-        self.keep: list[Tensor] = []
-        for name, mask in masks.items():
-            param = _get_param(model, name)
-            self.params.append(param)
-            keep = torch.empty_like(param.detach(), memory_format=torch.preserve_format)
-            self.keep.append(keep.copy_(mask))
-        self.devices = [p.device for p in self.params]
-        self.dtypes = [p.dtype for p in self.params]
-
-    @torch.no_grad()
-    def refresh(self, masks: dict[str, Tensor], model: nn.Module) -> bool:
-        """Copy changed masks into the existing device tensors; False if the model changed."""
-        for (name, mask), param, keep in zip(masks.items(), self.params, self.keep):
-            try:
-                if model.get_parameter(name) is not param:
-                    return False
-            except AttributeError:
-                return False
-            keep.copy_(mask, non_blocking=True)
-        return True
-
-    def valid(self) -> bool:
-        return all(
-            p.device == d and p.dtype == t and p.stride() == k.stride()
-            for p, d, t, k in zip(self.params, self.devices, self.dtypes, self.keep)
-        )
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        torch._foreach_mul_([p.data for p in self.params], self.keep)
-
-    @torch.no_grad()
-    def mask_grads(self, keep: list[Tensor] | None = None) -> None:
-        keep = self.keep if keep is None else keep
-        grads, masks = [], []
-        for p, m in zip(self.params, keep):
-            g = p.grad
-            if g is not None and not g.is_sparse:
-                grads.append(g)
-                masks.append(m)
-        if grads:
-            torch._foreach_mul_(grads, masks)
-
-
-def _get_param(model: nn.Module, name: str) -> nn.Parameter:
-    try:
-        return model.get_parameter(name)
-    except AttributeError as exc:
-        raise CheckpointError(
-            f"mask names parameter {name!r}, which {type(model).__name__} does not have; "
-            "these masks belong to another architecture (re-create them for this model)"
-        ) from exc
 
 
 class MaskSet:
@@ -101,7 +38,7 @@ class MaskSet:
             self._masks[name] = _as_bool(mask, name)
         self.version = 0
         self._model_ref: weakref.ref | None = None
-        self._binding: _Binding | None = None
+        self._binding: MaskBinding | None = None
         self._binding_key: tuple | None = None
 
     # -- construction ---------------------------------------------------------------------
@@ -249,7 +186,7 @@ class MaskSet:
         """Zero the gradients of pruned weights in place."""
         self.binding(model).mask_grads()
 
-    def binding(self, model: nn.Module | None = None) -> _Binding:
+    def binding(self, model: nn.Module | None = None) -> MaskBinding:
         """Parameters paired with device copies of the masks (cached until something changes).
 
         After a mask change on the same model the cached copies are refreshed in place, so no
@@ -269,7 +206,7 @@ class MaskSet:
             return cached
         self._binding = None  # free the old device copies before making new ones
         self.validate(model)
-        self._binding = _Binding(self._masks, unwrap(model))
+        self._binding = MaskBinding(self._masks, unwrap(model))
         self._binding_key = (id(model), self.version)
         return self._binding
 

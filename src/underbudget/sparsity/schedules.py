@@ -6,12 +6,39 @@ All functions return *densities* (fraction kept); sparsity is ``1 - density``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from underbudget.errors import ConfigError, unknown
 from underbudget.sparsity.allocation import check_density
 
 SCHEDULES = ("one_shot", "imp", "gradual", "progressive")
-SHAPES = ("geometric", "linear", "cubic")
+
+
+def cubic(end: float, start: float, frac: float) -> float:
+    """The cubic curve from ``start`` (frac 0) to ``end`` (frac 1): end + (start - end)(1 - frac)^3
+    (Zhu & Gupta's schedule; the one implementation every cubic schedule calls)."""
+    return end + (start - end) * (1.0 - frac) ** 3
+
+
+#: how progressive densities move from d_start (frac 0) to d_final (frac 1):
+#: ``fn(d_start, d_final, frac) -> density``; add one with :func:`register_shape`
+Shape = Callable[[float, float, float], float]
+SHAPES: dict[str, Shape] = {
+    "geometric": lambda d_start, d_final, frac: d_start * (d_final / d_start) ** frac,
+    "linear": lambda d_start, d_final, frac: d_start + (d_final - d_start) * frac,
+    "cubic": lambda d_start, d_final, frac: cubic(d_final, d_start, frac),
+}
+
+
+def register_shape(name: str) -> Callable[[Shape], Shape]:
+    """Decorator adding ``fn(d_start, d_final, frac) -> density`` as progressive schedule shape
+    ``name`` (APP's ``method.shape``); it should fall from d_start to d_final."""
+
+    def wrap(fn: Shape) -> Shape:
+        SHAPES[name] = fn
+        return fn
+
+    return wrap
 
 
 def cubic_density(
@@ -36,8 +63,18 @@ def cubic_density(
         return d_initial
     if step >= t0 + n * dt:
         return d_final
-    s_t = s_f + (s_i - s_f) * (1.0 - (step - t0) / (n * dt)) ** 3
-    return 1.0 - s_t
+    return 1.0 - cubic(s_f, s_i, (step - t0) / (n * dt))
+
+
+def gradual_steps(total: int, start: float, end: float, interval: int) -> tuple[int, int, int]:
+    """(t0, n, dt) of the cubic schedule: prune every ``interval`` steps from ``start`` to
+    about ``end`` of ``total`` steps (one event at the end point when the window is shorter)."""
+    t0 = int(round(start * total))
+    t_end = max(t0 + 1, int(round(end * total)))
+    span = t_end - t0
+    if span < interval:
+        return t0, 1, span
+    return t0, span // interval, interval
 
 
 def gradual_densities(
@@ -108,15 +145,8 @@ def progressive_densities(
         return [d_final]
     if shape == "geometric" and tau is not None and d_start == 0.8:
         return [0.8 ** (1.0 + (tau - 1.0) * b / (T - 1)) for b in range(T)]
-    out = []
-    for b in range(T):
-        frac = b / (T - 1)
-        if shape == "geometric":
-            out.append(d_start * (d_final / d_start) ** frac)
-        elif shape == "linear":
-            out.append(d_start + (d_final - d_start) * frac)
-        else:
-            out.append(d_final + (d_start - d_final) * (1.0 - frac) ** 3)
+    fn = SHAPES[shape]
+    out = [fn(d_start, d_final, b / (T - 1)) for b in range(T)]
     out[-1] = d_final
     return out
 

@@ -7,10 +7,9 @@ from collections.abc import Iterable
 
 import torch
 
+from ..config import LR_SCHEDULES as SCHEDULES
+from ..config import OPTIMIZERS
 from ..errors import unknown
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "step", "multistep", "cosine")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:

@@ -8,168 +8,32 @@ sparsity settings, so the same section works over a grid and over a plain sweep.
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from collections import defaultdict
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 from ...report import Record, collect, duplicate_lines, line_plot, mean_std, pool_seeds
+from ...report.table import csv_text
 from ...utils.atomic import write_text
-
-ARMS = (
-    "d2sparse",
-    "single",
-    "uncoupled",
-    "imp",
-    "omp",
-    "rigl",
-    "set",
-    "static",
-    "snip",
-    "grasp",
-    "synflow",
-    "dense",
+from .report_plots import budget_series, evolution_curve, evolution_plots
+from .report_points import (
+    ARM_TITLES,
+    ARMS,
+    Point,
+    arm_of,
+    budget_label,
+    budget_of,
+    density_of,
+    grid_tag,
+    normalized,
+    points,
+    run_values,
 )
-ARM_TITLES = {
-    "d2sparse": "D2-Sparse (S)",
-    "d2sparse (F)": "D2-Sparse (F, not deployed)",
-    "single": "ablation: S alone",
-    "uncoupled": "ablation: no coupling",
-    "imp": "IMP + rewinding",
-    "omp": "one-shot magnitude",
-    "rigl": "RigL",
-    "set": "SET",
-    "static": "static ERK",
-    "snip": "SNIP",
-    "grasp": "GraSP",
-    "synflow": "SynFlow",
-    "dense": "dense",
-}
 
-
-@dataclass
-class Point:
-    """One finished run, placed in the grid."""
-
-    arm: str
-    budget: float
-    density: float  # 1.0 for dense
-    seed: int
-    record: Record
-
-    @property
-    def summary(self) -> dict:
-        return normalized(self.record)
-
-
-def _tag(rec: Record) -> dict:
-    report = rec.config.get("report") or {}
-    tag = report.get("d2grid") if isinstance(report, dict) else None
-    return tag if isinstance(tag, dict) else {}
-
-
-def arm_of(rec: Record) -> str:
-    """The arm a run belongs to (its grid tag, else its method and settings)."""
-    tag = _tag(rec)
-    if "arm" in tag:
-        return str(tag["arm"])
-    method = rec.method
-    cfg = rec.config.get("method") or {}
-    if method == "d2sparse":
-        if cfg.get("single"):
-            return "single"
-        if (
-            not cfg.get("lambda_fast")
-            and not cfg.get("lambda_slow")
-            and cfg.get("slow_mode", "sgd") == "sgd"
-        ):
-            return "uncoupled"
-        return "d2sparse"
-    if method == "lottery":
-        return "imp"
-    if method == "train":
-        s = rec.config.get("sparsity") or {}
-        kind = s.get("method", "none")
-        if kind == "none":
-            return "dense"
-        if kind == "prune_at_init":
-            return {"magnitude": "omp"}.get(s.get("criterion"), s.get("criterion", kind))
-        return kind
-    return method
-
-
-def density_of(rec: Record, arm: str) -> float:
-    tag = _tag(rec)
-    if "density" in tag:
-        return float(tag["density"])
-    if arm == "dense":
-        return 1.0
-    cfg = rec.config
-    if rec.method == "d2sparse":
-        return float((cfg.get("method") or {}).get("density", rec.summary.get("density", 1)))
-    if rec.method == "train":
-        return float((cfg.get("sparsity") or {}).get("density", 1.0))
-    for key in ("density_target", "final_density", "density"):
-        if isinstance(rec.summary.get(key), int | float):
-            return float(rec.summary[key])
-    return 1.0
-
-
-def budget_of(rec: Record) -> float:
-    tag = _tag(rec)
-    if "budget" in tag:
-        return float(tag["budget"])
-    frac = (rec.config.get("data") or {}).get("fraction")
-    return 1.0 if frac is None else float(frac)
-
-
-#: the lottery method reports its last level under ``final_*`` (that level has the density)
-_LOTTERY = {
-    "test_acc": "final_test_acc",
-    "flops_nonzero": "final_flops_nonzero",
-    "density": "final_density",
-    "density_all": "final_density_all",
-}
-
-
-def normalized(rec: Record) -> dict:
-    """The run's summary with the keys the comparison reads (``test_acc``, ``flops_nonzero``,
-    ``train_flops``, ...) whatever method produced it."""
-    summary = dict(rec.summary)
-    if rec.method == "lottery":
-        for key, source in _LOTTERY.items():
-            if source in summary:
-                summary[key] = summary[source]
-    return summary
-
-
-def points(records: list[Record]) -> list[Point]:
-    """Finished, successful runs as grid points."""
-    out = []
-    for rec in records:
-        if rec.summary.get("status", "ok") != "ok" or "test_acc" not in normalized(rec):
-            continue
-        arm = arm_of(rec)
-        out.append(
-            Point(
-                arm,
-                budget_of(rec),
-                round(density_of(rec, arm), 6),
-                int(rec.config.get("seed", rec.summary.get("seed", 0))),
-                rec,
-            )
-        )
-    return out
-
-
-def budget_label(b: float) -> str:
-    frac = Fraction(b).limit_denominator(1024)
-    return str(frac) if abs(float(frac) - b) < 1e-9 else f"{b:g}"
-
+__all__ = [
+    "ARMS", "ARM_TITLES", "Point", "arm_of", "budget_label", "budget_of", "children",
+    "d2sparse_section", "density_of", "evolution_curve", "normalized", "points",
+    "report_d2sparse", "report_grid",
+]
 
 def _pct(values: list[float]) -> str:
     if not values:
@@ -192,128 +56,10 @@ def _order(arms) -> list[str]:
     return known + sorted(a for a in arms if a not in ARMS)
 
 
-def _values(pts: list[Point], key: str) -> list[float]:
-    return [
-        float(p.summary[key])
-        for p in pts
-        if isinstance(p.summary.get(key), int | float) and not isinstance(p.summary.get(key), bool)
-    ]
-
-
 def _paired_gain(a: list[Point], b: list[Point]) -> list[float]:
     """Per-seed differences of test accuracy (only seeds both arms have)."""
     by_seed = {p.seed: p.summary["test_acc"] for p in b}
     return [p.summary["test_acc"] - by_seed[p.seed] for p in a if p.seed in by_seed]
-
-
-def _series(pts: list[Point], key: str, budgets: list[float]):
-    xs, means, stds = [], [], []
-    for b in budgets:
-        vals = _values([p for p in pts if p.budget == b], key)
-        if vals:
-            m, s = mean_std(vals)
-            xs.append(b)
-            means.append(m)
-            stds.append(s)
-    return xs, means, stds
-
-
-def evolution_curve(records: list[Record], key: str):
-    """(fraction of training, mean, std) of a ``mask_evolution`` field over seeds."""
-    runs = []
-    for rec in records:
-        pts = {
-            round(float(e["frac"]), 6): float(e[key])
-            for e in rec.events("mask_evolution")
-            if isinstance(e.get(key), int | float)
-        }
-        if pts:
-            runs.append(pts)
-    if not runs:
-        return None
-    xs = sorted(set.intersection(*(set(r) for r in runs)))
-    if not xs:
-        return None
-    stats = [mean_std([r[x] for r in runs]) for x in xs]
-    return xs, [m for m, _ in stats], [s for _, s in stats]
-
-
-def _evolution_plots(pts: list[Point], density: float, out: Path) -> list[str]:
-    d2 = [p for p in pts if p.arm == "d2sparse" and p.record.events("mask_evolution")]
-    if not d2:
-        return []
-    tag = f"d{density:g}"
-    budgets = sorted({p.budget for p in d2}, reverse=True)
-    overlap, explore, survive, styles = {}, {}, {}, {}
-    for b in budgets:
-        recs = [p.record for p in d2 if p.budget == b]
-        name = f"budget {budget_label(b)}"
-        for key, label, target, style in (
-            ("iou_fast_slow", "IoU(F, S)", overlap, "-"),
-            ("slow_iou_initial", "IoU(S, S init)", overlap, "--"),
-            ("fast_iou_initial", "IoU(F, F init)", overlap, ":"),
-            ("slow_ever_active", "S ever active", explore, "-"),
-            ("fast_ever_active", "F ever active", explore, "--"),
-            ("slow_regrown_alive", "S regrown alive", survive, "-"),
-            ("fast_regrown_alive", "F regrown alive", survive, "--"),
-            ("slow_survival", "S survival of last growth", survive, "-."),
-            ("fast_survival", "F survival of last growth", survive, ":"),
-        ):
-            curve = evolution_curve(recs, key)
-            if curve is not None:
-                target[f"{label}, {name}"] = curve
-                styles[f"{label}, {name}"] = {"linestyle": style}
-    files = []
-    for series, fname, ylabel, title in (
-        (overlap, "overlap", "IoU", "Mask overlap (F vs S, and with the initial masks)"),
-        (
-            explore,
-            "ever_active",
-            "fraction of weights ever active",
-            "Exploration (in-time over-parameterisation)",
-        ),
-        (survive, "regrown_survival", "fraction alive", "Survival of regrown weights"),
-    ):
-        if series:
-            files.append(
-                str(
-                    line_plot(
-                        series,
-                        out / f"d2sparse_{fname}_{tag}.png",
-                        xlabel="fraction of training",
-                        ylabel=ylabel,
-                        title=f"{title}, density {density:g}",
-                        styles=styles,
-                    )
-                )
-            )
-    smallest = [p.record for p in d2 if p.budget == budgets[-1]]
-    layers: dict[str, Any] = {}
-    lstyles = {}
-    for which, style in (("slow", "-"), ("fast", "--")):
-        events = smallest[0].events("mask_evolution")
-        names = list((events[0].get(f"{which}_layer_density") or {}) if events else [])
-        for layer in names:
-            xs = [float(e["frac"]) for e in events]
-            ys = [float(e[f"{which}_layer_density"][layer]) for e in events]
-            key = f"{'S' if which == 'slow' else 'F'} {layer}"
-            layers[key] = (xs, ys, None)
-            lstyles[key] = {"linestyle": style}
-    if layers:
-        files.append(
-            str(
-                line_plot(
-                    layers,
-                    out / f"d2sparse_layer_density_{tag}.png",
-                    xlabel="fraction of training",
-                    ylabel="layer density",
-                    title=f"Per-layer density (measured), budget "
-                    f"{budget_label(budgets[-1])}, density {density:g}",
-                    styles=lstyles,
-                )
-            )
-        )
-    return files
 
 
 def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D2-Sparse") -> dict:
@@ -327,7 +73,7 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
     budgets = sorted({p.budget for p in pts}, reverse=True)
     densities = sorted({p.density for p in pts if p.arm != "dense"}, reverse=True) or [1.0]
     dense = [p for p in pts if p.arm == "dense"]
-    equal = sorted({str(_tag(p.record).get("equal")) for p in pts if _tag(p.record)})
+    equal = sorted({str(grid_tag(p.record).get("equal")) for p in pts if grid_tag(p.record)})
     seeds = sorted({p.seed for p in pts})
     heads = " | ".join(budget_label(b) for b in budgets)
     lines = [
@@ -352,10 +98,10 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
         rows = []
         for arm in _order(by_arm):
             rows.append((ARM_TITLES.get(arm, arm), by_arm[arm], "test_acc"))
-            if arm == "d2sparse" and _values(by_arm[arm], "fast_test_acc"):
+            if arm == "d2sparse" and run_values(by_arm[arm], "fast_test_acc"):
                 rows.append((ARM_TITLES["d2sparse (F)"], by_arm[arm], "fast_test_acc"))
         for label, arm_pts, key in rows:
-            cells = [_pct(_values([p for p in arm_pts if p.budget == b], key)) for b in budgets]
+            cells = [_pct(run_values([p for p in arm_pts if p.budget == b], key)) for b in budgets]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         notes = _arm_notes(by_arm)
@@ -391,21 +137,21 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
         ]
         for arm in _order(by_arm):
             arm_pts = by_arm[arm]
-            nets = _values(arm_pts, "networks_trained")
+            nets = run_values(arm_pts, "networks_trained")
             cells = [
-                _num(_values([p for p in arm_pts if p.budget == b], "train_flops"), 1e9)
+                _num(run_values([p for p in arm_pts if p.budget == b], "train_flops"), 1e9)
                 for b in budgets
             ]
             lines.append(
                 f"| {ARM_TITLES.get(arm, arm)} | {int(nets[0]) if nets else 1} | "
-                f"{_num(_values(arm_pts, 'flops_nonzero'), 1e6, spread=False)} | "
+                f"{_num(run_values(arm_pts, 'flops_nonzero'), 1e6, spread=False)} | "
                 + " | ".join(cells)
                 + " |"
             )
         lines.append("")
         series = {}
         for arm in _order(by_arm):
-            xs, m, s = _series(by_arm[arm], "test_acc", budgets)
+            xs, m, s = budget_series(by_arm[arm], "test_acc", budgets)
             if xs:
                 series[ARM_TITLES.get(arm, arm)] = (xs, m, s)
         if series and len(budgets) > 1:
@@ -421,7 +167,7 @@ def d2sparse_section(records: list[Record], out_dir: str | Path, title: str = "D
                     )
                 )
             )
-        files += _evolution_plots(here, d, out)
+        files += evolution_plots(here, d, out)
     write_text(out / "d2sparse_results.csv", _csv(pts))
     files.append(str(out / "d2sparse_results.csv"))
     lines += [
@@ -464,8 +210,6 @@ def _arm_notes(by_arm: dict[str, list[Point]]) -> list[str]:
 
 
 def _csv(pts: list[Point]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
     keys = [
         "test_acc",
         "fast_test_acc",
@@ -477,12 +221,12 @@ def _csv(pts: list[Point]) -> str:
         "epochs_run",
         "steps",
     ]
-    writer.writerow(["arm", "budget", "density_target", "seed", *keys, "path"])
-    for p in sorted(pts, key=lambda p: (p.arm, -p.budget, -p.density, p.seed)):
-        row = [p.summary.get(k, "") for k in keys]
-        row = ["" if isinstance(v, float) and math.isnan(v) else v for v in row]
-        writer.writerow([p.arm, p.budget, p.density, p.seed, *row, str(p.record.path)])
-    return buf.getvalue()
+    rows = [
+        [p.arm, p.budget, p.density, p.seed, *(p.summary.get(k, "") for k in keys),
+         str(p.record.path)]
+        for p in sorted(pts, key=lambda p: (p.arm, -p.budget, -p.density, p.seed))
+    ]
+    return csv_text(["arm", "budget", "density_target", "seed", *keys, "path"], rows)
 
 
 def report_d2sparse(records: list[Record], out_dir: Path, options: dict) -> dict:
