@@ -1,10 +1,10 @@
 """The ``precision`` section in a method: the model to train, the model to deploy, its record.
 
 Every method that trains calls :func:`prepare_model` before building its trainer (QAT layers
-then train and checkpoint with the model) and :func:`finish_model` after training: the model
-is converted (QAT) or post-training quantized (PTQ), evaluated on the test loader, and the
-summary gets the bits, the density measured on the deployed weights and the deployed bytes
-(see :mod:`underbudget.quant.in_training`).
+then train and checkpoint with the model) and :func:`finish_model` after training: a QAT
+model is converted and evaluated on the test loader again, and the summary gets the bits, the
+density measured on the deployed weights and the deployed bytes (see
+:mod:`underbudget.quant.in_training`). Post-training quantization is a stage of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from torch import nn
 
 from ..config import ExperimentConfig
 from ..data import ImageSet, Loader
-from ..quant.in_training import deploy, precision_summary, prepare_for_training
+from ..quant.in_training import deploy, is_qat, precision_summary, prepare_for_training
+from ..sections import PrecisionConfig
 from ..sparsity import MaskSet
 from ..train.evaluate import evaluate
 from ..utils.seeding import generator
@@ -44,7 +45,7 @@ def first_inputs(cfg: ExperimentConfig, images: ImageSet, mean: Any, std: Any,
 
 def calibration_loader(cfg: ExperimentConfig, images: ImageSet, mean: Any, std: Any,
                        device: Any) -> Loader:
-    """``precision.calib_size`` training images (a seeded draw, un-augmented) for PTQ ranges."""
+    """``precision.calib_size`` training images (a seeded draw, un-augmented)."""
     n = len(images)
     k = max(1, min(n, cfg.precision.calib_size))
     pick = torch.randperm(n, generator=generator(cfg.seed, "calibration"))[:k]
@@ -59,15 +60,15 @@ def finish_model(
     input_shape: Any,
     test: Any,
     device: Any,
-    calib: Callable[[], Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The deployed model and its precision record (with ``deployed_test_acc`` when quantized).
+    """The deployed model and its precision record (``deployed_test_acc`` after QAT).
 
-    ``test``: the test loader; ``calib``: returns calibration batches (PTQ with activations).
+    With ``qat`` the model is converted in place and evaluated on ``test`` again (the same
+    function the QAT model computed); otherwise it is the float model (``ptq`` quantizes it in
+    a stage of its own afterwards), recorded at 32 bits.
     """
-    p = cfg.precision
-    data = calib() if p.mode == "ptq" and p.act_bits is not None and calib is not None else None
-    deployed, _ = deploy(model, p, masks, data)
+    p = cfg.precision if is_qat(cfg.precision) else PrecisionConfig()
+    deployed, _ = deploy(model, p, masks)
     record = precision_summary(deployed, p, masks, input_shape)
     if p.enabled:
         deployed.eval()
@@ -75,4 +76,3 @@ def finish_model(
         record["deployed_test_acc"] = result["acc"]
         record["deployed_test_errors"] = result.get("errors")
     return deployed, record
-

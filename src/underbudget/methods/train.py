@@ -20,7 +20,7 @@ from ..runs import Run
 from .anytime.from_sections import anytime_experiment
 from .anytime.run import run_anytime
 from .common import build_model, eval_loader, make_trainer, prepare_data, train_loader
-from .precision_setup import calibration_loader, finish_model, first_inputs, prepare_model
+from .precision_setup import finish_model, first_inputs, prepare_model
 from .registry import register_method
 from .sparse_setup import check_sparsity
 
@@ -66,9 +66,7 @@ def run_train(cfg: ExperimentConfig, run: Run) -> dict:
     result = trainer.fit(loader, cfg.train.epochs, val_loader=val, eval_loaders=evals)
     trainer.finish()
     deployed, precision = finish_model(
-        cfg, trainer.model, masks, data.image_shape, evals["test"], device,
-        calib=lambda: calibration_loader(cfg, data.train, data.splits.mean, data.splits.std,
-                                         device))
+        cfg, trainer.model, masks, data.image_shape, evals["test"], device)
     if cfg.method.save_weights:
         save_weights(deployed, run.artifact("model.safetensors"))
         if masks is not None:

@@ -10,8 +10,8 @@ of the ``anytime`` method call the same three functions):
   sparse run quantizes with ``keep_support``: pruned weights (exactly 0) stay 0 and no kept
   weight rounds to 0, so the density after quantization is the masks' density.
 - :func:`deploy`: the model that is evaluated last and saved: the converted QAT model (plain
-  layers holding the quantized weights, fixed input quantizers), the post-training
-  quantized copy (``mode: ptq``), or the float model itself.
+  layers holding the quantized weights, fixed input quantizers), else the float model
+  itself (``mode: ptq`` is a stage of its own after training, :mod:`underbudget.stages`).
 - :func:`precision_summary`: bits, the density measured on the deployed weights, the number
   of distinct values per output channel, and deployed bytes at the weight bit width.
 
@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from underbudget.errors import CheckpointError
-from underbudget.quant.fake import quantize_model
 from underbudget.quant.qat import QAT_LAYERS, LSQQuantizer, convert, prepare_qat
 from underbudget.sections import PrecisionConfig
 from underbudget.sparsity.cost import _tensor_bytes, cost
@@ -141,31 +140,19 @@ def _check_masks(model: nn.Module, masks: MaskSet) -> None:
 
 @torch.no_grad()
 def deploy(
-    model: nn.Module,
-    precision: PrecisionConfig,
-    masks: MaskSet | None = None,
-    calib: Iterable[Any] | None = None,
+    model: nn.Module, precision: PrecisionConfig, masks: MaskSet | None = None
 ) -> tuple[nn.Module, dict[str, Tensor]]:
     """The model to evaluate and save, and the weight steps of a converted QAT model.
 
     ``qat``: :func:`~underbudget.quant.qat.convert` IN PLACE (the trained model becomes the
-    plain quantized one); ``ptq``: a quantized copy (weights symmetric per channel, inputs
-    calibrated on ``calib`` when ``act_bits`` is set); ``none``: ``model``. With ``masks``,
-    the masks are rebound to the deployed parameters and checked against them.
+    plain quantized one); with ``masks``, the masks are rebound to the converted parameters
+    and checked against them. Otherwise ``model`` as it is.
     """
-    steps: dict[str, Tensor] = {}
-    if precision.mode == "qat":
-        steps = weight_steps(model)
-        model = convert(model)
-    elif precision.mode == "ptq":
-        model, _ = quantize_model(
-            model,
-            precision.weight_bits,
-            activations=precision.act_bits is not None,
-            calib_data=calib,
-            act_bits=precision.act_bits,
-        )
-    if masks is not None and precision.mode != "none":
+    if not is_qat(precision):
+        return model, {}
+    steps = weight_steps(model)
+    model = convert(model)
+    if masks is not None:
         _check_masks(model, masks)
     return model, steps
 

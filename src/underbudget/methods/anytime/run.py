@@ -20,7 +20,7 @@ from ...train import resolve_device
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, generator
 from ..common import build_model, eval_loader, make_trainer, prepare_data, train_loader
-from ..precision_setup import calibration_loader, finish_model, first_inputs, prepare_model
+from ..precision_setup import finish_model, first_inputs, prepare_model
 from .config import AnytimeConfig
 from .from_sections import anytime_experiment
 from .plan import StreamPlan, plan_stream
@@ -162,12 +162,9 @@ def run_anytime(cfg: ExperimentConfig, run: Run) -> dict:
     trainer.finish()
     stages = [h for h in trainer.history if h.get("evaluated")]
     summary = anytime_summary(stages, test_size=len(data.test))
-    last_data = data.train.subset(plan.stage_train[-1])
     deployed, precision = finish_model(
         cfg, setup.deployed_model(), setup.masks, data.image_shape,
-        eval_loader(cfg, data.test, data.splits, device), device,
-        calib=lambda: calibration_loader(cfg, last_data, data.splits.mean, data.splits.std,
-                                         device))
+        eval_loader(cfg, data.test, data.splits, device), device)
     save_weights(deployed, run.artifact("model.safetensors"))
     if a.save_masks and setup.masks is not None:
         setup.masks.save(run.artifact("masks.safetensors"))
