@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and plots over finished runs")
     report.add_argument("paths", nargs="+", help="run directories or directories of runs")
     report.add_argument("--out", help="output directory (default: <first path>/report)")
+    report.add_argument("--pareto", metavar="AXIS",
+                        help="also write pareto.md/png: --metric against this cost (train_flops, "
+                             "inference_flops, deployed_bytes, examples_seen, wall_time)")
+    report.add_argument("--metric", help="accuracy (default, higher is better) or ece (lower) "
+                                         "for --pareto")
 
     show = sub.add_parser("show", help="print a run's config summary and results")
     show.add_argument("path")
@@ -215,12 +220,23 @@ def cmd_report(args) -> int:
     if args.out is not None and not args.out.strip():
         raise ConfigError("--out is empty; name the report folder, or leave --out out for "
                           "<first path>/report")
+    if args.metric is not None and args.pareto is None:
+        raise ConfigError("--metric goes with --pareto AXIS (e.g. --pareto train_flops)")
+    if args.pareto is not None:
+        from .report.pareto import check_pareto
+
+        check_pareto(args.pareto, args.metric or "accuracy")
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
     check_folder(out, "the report folder")
     clean_stale_temps(out)
     result = write_report(args.paths, out)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out / 'report.md'} ({result['runs']} runs)")
+    if args.pareto is not None:
+        from .report.pareto import write_pareto
+
+        write_pareto(args.paths, out, args.pareto, args.metric or "accuracy")
+        print(f"pareto: {out / 'pareto.md'}, {out / 'pareto.png'}")
     return 0
 
 

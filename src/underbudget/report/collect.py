@@ -18,6 +18,7 @@ import yaml
 
 from ..config import flatten, is_platform_key
 from ..errors import UnderbudgetError
+from .costs import run_costs
 
 
 @dataclass
@@ -47,6 +48,14 @@ class Record:
         if start is not None and isinstance(wall, int | float):
             return start + float(wall)
         return (self.path / "summary.json").stat().st_mtime
+
+    @property
+    def costs(self) -> dict:
+        """The run's costs on the common axes (``summary["costs"]``); a run written before
+        summaries carried them gets them here, from its record (kept in memory only)."""
+        if not isinstance(self.summary.get("costs"), dict):
+            self.summary["costs"] = run_costs(self.summary, self.config, self.path)
+        return self.summary["costs"]
 
     @property
     def method(self) -> str:
