@@ -110,9 +110,21 @@ def test_old_summary_gets_costs_at_report_time(runs, tmp_path):
     (rec,) = collect([old])
     assert rec.costs == want
     assert "costs" not in _summary(old)  # the report reads runs, it does not rewrite them
-    # a quantized deployment: every parameter at the weight bit width
-    four_bit = run_costs({**_summary(dense), "bits": 4, "costs": None}, rec.config, dense)
-    assert four_bit["deployed_bytes"] == (2048 + 128 + 32 + 4) / 2
+    # read as a 4-bit deployment: the weights at 4 bits (dense is the smallest layout here)
+    # plus one float32 step per output channel, the biases float32
+    measured = {k: v for k, v in _summary(dense).items()
+                if k not in ("costs", "bytes_deployed", "bytes_sparse")}
+    four_bit = run_costs({**measured, "bits": 4}, rec.config, dense)
+    assert four_bit["deployed_bytes"] == (2048 + 128) / 2 + 4 * (32 + 4) + 4 * (32 + 4)
+
+
+def test_quantized_training_reports_its_deployed_bytes(runs, tmp_path):
+    path = run_experiment(load_config("tiny", ["train.epochs=1", "precision.mode=qat",
+                                               "precision.weight_bits=4"]), tmp_path, quiet=True)
+    summary = _summary(path)
+    assert summary["costs"]["deployed_bytes"] == summary["bytes_deployed"]
+    assert summary["costs"]["deployed_bytes"] < _summary(runs[0])["costs"]["deployed_bytes"] / 4
+    assert summary["costs"]["examples_seen"] == 256
 
 
 def test_lottery_levels_count_the_levels_before_them(tmp_path):

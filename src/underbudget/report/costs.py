@@ -14,11 +14,13 @@ one sample, 1 multiply-add = 2 FLOPs, nonzero-aware):
 - ``inference_flops``: nonzero-aware FLOPs of one forward pass of the deployed model
   (``flops_nonzero``, or ``final_flops_nonzero``);
 - ``deployed_bytes``: the deployed model stored in its cheapest sparse encoding at its weight
-  bit width (``bytes_sparse`` of the cost module): the summary's ``bytes_sparse`` for a float
-  model; for a quantized one (summary ``bits``, else ``precision.weight_bits``) every
-  parameter at that width, as the cost module counts;
-- ``examples_seen``: training examples processed, repeats counted (``train_samples``, else
-  ``train_examples`` x ``epochs_run``);
+  bit width: the precision record's ``bytes_deployed`` (prunable weights at the bit width in
+  the smallest of dense, bitmask and CSR, other parameters float32, one float32 step per
+  quantized channel), else for a float model the cost module's ``bytes_sparse``; a quantized
+  model (summary ``bits``/``weight_bits``, else ``precision.weight_bits``) without the
+  record is measured by that rule;
+- ``examples_seen``: training examples processed, repeats counted (``train_samples`` or
+  ``examples_seen``, else ``train_examples`` x ``epochs_run``);
 - ``wall_time``: seconds (``wall_time``, else ``time``, else ``stage_time``).
 
 When the summary lacks the inference FLOPs or the bytes, they are measured with
@@ -45,6 +47,8 @@ from ..errors import UnderbudgetError
 from ..export.card import architecture, build_model
 from ..export.source import RunModel, locate
 from ..models import read_state_dict
+from ..quant.in_training import precision_summary
+from ..sections import PrecisionConfig
 from ..sparsity import MaskSet, cost
 from ..sparsity.cost import training_flops
 
@@ -54,7 +58,7 @@ AXES = ("train_flops", "inference_flops", "deployed_bytes", "examples_seen", "wa
 RECORDED: dict[str, tuple[str, ...]] = {
     "train_flops": ("train_flops", "total_train_flops"),
     "inference_flops": ("flops_nonzero", "final_flops_nonzero"),
-    "examples_seen": ("train_samples",),
+    "examples_seen": ("train_samples", "examples_seen"),
     "wall_time": ("wall_time", "time", "stage_time"),
 }
 #: training axes that a parent adds up over its sub-runs (and a lottery level over levels)
@@ -78,10 +82,11 @@ def _first(summary: dict, keys: tuple[str, ...]) -> float | None:
 
 
 def weight_bits(summary: dict, config: dict) -> int:
-    """The deployed weights' bit width: the summary's ``bits``, else the precision section's
-    ``weight_bits`` when it is on, else 32."""
-    if _number(summary.get("bits")):
-        return int(summary["bits"])
+    """The deployed weights' bit width: the summary's ``bits`` or ``weight_bits``, else the
+    precision section's ``weight_bits`` when it is on, else 32."""
+    for key in ("bits", "weight_bits"):
+        if _number(summary.get(key)):
+            return int(summary[key])
     precision = config.get("precision") or {}
     if isinstance(precision, dict) and precision.get("mode", "none") != "none":
         return int(precision.get("weight_bits", 8))
@@ -98,14 +103,18 @@ def recorded_costs(summary: dict, config: dict) -> dict[str, float | None]:
     if out["examples_seen"] is None and _number(summary.get("train_examples")) and _number(
             summary.get("epochs_run")):
         out["examples_seen"] = int(summary["train_examples"]) * int(summary["epochs_run"])
+    if out["deployed_bytes"] is None:
+        out["deployed_bytes"] = _first(summary, ("bytes_deployed",))
     if out["deployed_bytes"] is None and weight_bits(summary, config) == 32:
         out["deployed_bytes"] = _first(summary, ("bytes_sparse",))
     return out
 
 
 def measured_cost(summary: dict, config: dict, run_dir: Path, bits: int) -> dict | None:
-    """:func:`underbudget.sparsity.cost` of the run's saved deployed model at ``bits``, or
-    None when the run kept no weights or its architecture cannot be rebuilt from them."""
+    """:func:`underbudget.sparsity.cost` of the run's saved deployed model, its
+    ``bytes_sparse`` at ``bits`` (for ``bits`` < 32 as the precision record counts
+    ``bytes_deployed``), or None when the run kept no weights or its architecture cannot be
+    rebuilt from them."""
     try:
         if "weights_run" in summary:  # a compress_transfer variant: weights in another run
             src = locate(run_dir)
@@ -124,7 +133,12 @@ def measured_cost(summary: dict, config: dict, run_dir: Path, bits: int) -> dict
         model.load_state_dict(state)
         masks = MaskSet.load(src.masks, model) if src.masks is not None else None
         shape = (int(arch["in_channels"]), int(arch["image_size"]), int(arch["image_size"]))
-        return cost(model, shape, masks, bits=bits)
+        out = cost(model, shape, masks)
+        if bits != 32:  # the precision record's rule (quant.in_training.precision_summary)
+            precision = PrecisionConfig(mode="ptq", weight_bits=bits)
+            out["bytes_sparse"] = precision_summary(model, precision, masks, shape)[
+                "bytes_deployed"]
+        return out
     except _REBUILD_ERRORS:
         return None
 
