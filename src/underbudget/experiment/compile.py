@@ -81,6 +81,12 @@ def _run(task: Task, root: Path) -> dict:
 def _report(task: Task, root: Path) -> dict:
     from ..report import write_report
 
+    if task.config.get("stage") == "report":  # a composed experiment's (see .compose)
+        return _compose.compose_report(task, root)
     cfg = from_dict(task.config)
     write_report([root / task.path], root / task.path / "report", options=cfg.report)
     return {"status": "ok"}
+
+
+# the stages that compose with any method (PTQ, transfer) register their compiler and kinds
+from . import compose as _compose  # noqa: E402,F401

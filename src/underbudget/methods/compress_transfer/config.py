@@ -186,8 +186,11 @@ class Budget:
 _SHOT = re.compile(r"^(\d+)[-_ ]?shots?$")
 
 
-def parse_budget(text: str) -> Budget:
-    """``"10shot"`` / ``"10-shot"`` → 10 per class; ``"full"``; ``"0.25"`` → a fraction."""
+def parse_budget(text: str, where: str = "method.budgets") -> Budget:
+    """``"10shot"`` / ``"10-shot"`` → 10 per class; ``"full"``; ``"0.25"`` → a fraction.
+
+    ``where``: the config key named in errors (``transfer.budgets`` for the transfer section).
+    """
     raw = str(text).strip().lower()
     if raw in ("full", "all", "1", "1.0"):
         return Budget("full", 1.0, "full")
@@ -195,17 +198,17 @@ def parse_budget(text: str) -> Budget:
     if match:
         k = int(match.group(1))
         if k < 1:
-            raise ConfigError(f"method.budgets: {text!r} asks for 0 images per class")
+            raise ConfigError(f"{where}: {text!r} asks for 0 images per class")
         return Budget("kshot", float(k), f"{k}shot")
     try:
         frac = float(raw.rstrip("%")) / (100.0 if raw.endswith("%") else 1.0)
     except ValueError:
         raise ConfigError(
-            f"method.budgets: cannot read {text!r}; use '<k>shot' (e.g. 10shot), a fraction "
+            f"{where}: cannot read {text!r}; use '<k>shot' (e.g. 10shot), a fraction "
             "such as 0.1 or 10%, or 'full'"
         ) from None
     if not 0.0 < frac < 1.0:
-        raise ConfigError(f"method.budgets: fraction {text!r} must be in (0, 1); or use 'full'")
+        raise ConfigError(f"{where}: fraction {text!r} must be in (0, 1); or use 'full'")
     return Budget("fraction", frac, f"frac{frac:g}")
 
 
@@ -224,15 +227,16 @@ class TransferSpec:
         return f"vp-{self.mapping}" + (f"-{self.prompt}" if self.prompt else "")
 
 
-def parse_method(text: str) -> TransferSpec:
-    """``lp``, ``ft``, ``vp-<rlm|flm|ilm>`` or ``vp-<mapping>-<expansive|pad|shrink-pad|patch>``."""
+def parse_method(text: str, where: str = "method.methods") -> TransferSpec:
+    """``lp``, ``ft``, ``vp-<rlm|flm|ilm>`` or ``vp-<mapping>-<expansive|pad|shrink-pad|patch>``
+    (``where``: the config key named in errors)."""
     raw = str(text).strip().lower()
     if raw in ("lp", "ft"):
         return TransferSpec(raw)
     parts = raw.split("-", 2)
     if parts[0] != "vp" or len(parts) not in (2, 3):
         raise unknown(
-            "transfer method (method.methods)",
+            f"transfer method ({where})",
             text,
             ["lp", "ft", "vp-rlm", "vp-flm", "vp-ilm", "vp-ilm-pad", "vp-ilm-patch"],
         )

@@ -47,10 +47,18 @@ def fresh_model(ctx: Context) -> nn.Module:
 
 def source_calibration(ctx: Context, model: nn.Module) -> dict:
     """Accuracy and calibration of ``model`` on the source test set."""
-    out = evaluate(model, ctx.source_eval_loader("test"), device=ctx.device, return_logits=True)
-    rep = calibration_report(
-        out["logits"], out["labels"], ctx.method.n_bins, binning=ctx.method.ece_binning
+    return test_calibration(
+        model, ctx.source_eval_loader("test"), ctx.device, ctx.method.n_bins,
+        ctx.method.ece_binning,
     )
+
+
+def test_calibration(
+    model: nn.Module, loader, device, n_bins: int = 15, binning: str = "default"
+) -> dict:
+    """``source_test_*`` accuracy, loss, ECE and NLL of ``model`` on an ordered ``loader``."""
+    out = evaluate(model, loader, device=device, return_logits=True)
+    rep = calibration_report(out["logits"], out["labels"], n_bins, binning=binning)
     return {
         "source_test_acc": out["acc"],
         "source_test_loss": out["loss"],

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save_file
@@ -258,18 +259,38 @@ def transfer_run(
     """Train and evaluate one transfer; return (and write) its summary."""
     if run.is_finished():
         return run.read_summary()
-    m = ctx.method
-    if not m.transfer_checkpoints:
+    if not ctx.method.transfer_checkpoints:
         run.truncate_metrics(0)  # an interrupted run without checkpoints starts afresh
-    ctx.start_child(
-        run,
-        "transfer",
-        variant=variant.spec.name,
-        method=spec.label,
-        budget=budget.label,
-        seed=seed,
-    )
+    ctx.start_child(run, "transfer", **transfer_identity(variant, spec, budget, seed))
     t0 = time.perf_counter()
+    summary = fit_transfer(ctx, variant, spec, budget, seed, run).summary
+    summary["time"] = time.perf_counter() - t0
+    run.write_summary(summary)
+    return summary
+
+
+def transfer_identity(variant: LoadedVariant, spec: TransferSpec, budget: Budget,
+                      seed: int) -> dict:
+    """What names one transfer run (and seeds its global RNGs, see ``Context.start_child``)."""
+    return {"variant": variant.spec.name, "method": spec.label, "budget": budget.label,
+            "seed": seed}
+
+
+@dataclass
+class FittedTransfer:
+    """A trained transfer: its summary (not yet written), the trained net, the fit's result."""
+
+    summary: dict
+    net: nn.Module
+    result: dict
+
+
+def fit_transfer(
+    ctx: Context, variant: LoadedVariant, spec: TransferSpec, budget: Budget, seed: int, run: Run
+) -> FittedTransfer:
+    """Train and evaluate one transfer in the started ``run`` (logits saved as an artifact);
+    the caller adds what it needs to the summary and writes it."""
+    m = ctx.method
     pool = ctx.target.train
     train_idx, val_idx = budget_split(
         pool.labels, budget, seed, m.val_cap, m.full_val_fraction, pool.classes
@@ -367,6 +388,4 @@ def transfer_run(
         save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp))
     if m.save_weights:
         save_weights(net, run.artifact("model.safetensors"))
-    summary["time"] = time.perf_counter() - t0
-    run.write_summary(summary)
-    return summary
+    return FittedTransfer(summary, net, result)

@@ -21,6 +21,7 @@ from torch import nn
 from ...data import fraction_indices
 from ...models import load_weights, save_weights
 from ...quant import (
+    QuantRecord,
     activation_quantizers,
     convert,
     insert_activation_quantizers,
@@ -33,7 +34,7 @@ from ...sparsity import GradualMagnitude, MaskCallback, MaskSet, prunable_parame
 from ...train import Trainer
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, seed_everything
-from ..common import eval_loader
+from ..common import PreparedData, eval_loader
 from .config import CompressTransferConfig, imp_level, parse_quant
 from .context import Context
 from .source import SOURCE, fresh_model, rewind_weights, source_calibration
@@ -161,11 +162,30 @@ def _fit(
 
 def calibration_batches(ctx: Context) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A seeded class-balanced subset of source training images, un-augmented, as batches."""
-    labels = ctx.source.train.labels
-    frac = min(1.0, ctx.method.calib_size / labels.numel())
-    idx = fraction_indices(labels, frac, derive_seed(ctx.cfg.seed, "calibration"))
-    loader = eval_loader(ctx.cfg, ctx.source.train.subset(idx), ctx.source.splits, ctx.device)
-    return list(loader)
+    return calibration_subset(ctx.cfg, ctx.source, ctx.method.calib_size, ctx.device)
+
+
+def calibration_subset(
+    cfg, data: PreparedData, size: int, device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """About ``size`` training images of ``data`` (class-balanced, seeded by ``cfg.seed``),
+    un-augmented, as evaluation batches: what activation ranges are calibrated on."""
+    labels = data.train.labels
+    frac = min(1.0, size / labels.numel())
+    idx = fraction_indices(labels, frac, derive_seed(cfg.seed, "calibration"))
+    return list(eval_loader(cfg, data.train.subset(idx), data.splits, device))
+
+
+def post_training_quantize(
+    model: nn.Module, bits: int, act_bits: int | None, calib
+) -> tuple[nn.Module, QuantRecord]:
+    """PTQ of a copy of ``model``: per-channel ``bits``-bit weights and, with ``act_bits``,
+    inputs of every Conv/Linear layer calibrated on the batches ``calib`` (a callable giving
+    them, called only when needed)."""
+    batches = calib() if act_bits else None
+    return quantize_model(
+        model, bits, activations=bool(act_bits), calib_data=batches, act_bits=act_bits
+    )
 
 
 def _one_shot(ctx: Context, spec: VariantSpec, source: nn.Module, run: Run) -> nn.Module:
@@ -244,9 +264,8 @@ def _imp(ctx: Context, source: nn.Module, level: int) -> None:
 
 
 def _ptq(ctx: Context, spec: VariantSpec, source: nn.Module, run: Run) -> nn.Module:
-    calib = calibration_batches(ctx) if spec.act_bits else None
-    model, record = quantize_model(
-        source, spec.bits, activations=bool(spec.act_bits), calib_data=calib, act_bits=spec.act_bits
+    model, record = post_training_quantize(
+        source, spec.bits, spec.act_bits, lambda: calibration_batches(ctx)
     )
     run.write_json("quant_record.json", record.to_dict())
     save_weights(model, run.artifact("model.safetensors"))

@@ -1,0 +1,194 @@
+"""The report of a composed experiment: what each constraint did to the model and what it cost.
+
+Written to ``<experiment>/report/``: ``report.md`` (two tables), ``models.csv``,
+``transfer.csv`` and ``compose.json`` (the same rows as data).
+
+- **Models**: every model the experiment deployed before transfer (the source; each lottery
+  level; each quantized model) with its stage, source test accuracy, measured density, weight
+  bits, bytes on disk in the compact exported form (and as a plain float file), inference
+  FLOPs of one sample, and what producing it cost: training FLOPs and examples seen, added
+  up along the chain (a lottery level includes every level before it, a quantized model its
+  float model and the calibration passes).
+- **Transfer**: one row per model x method x budget, mean ± sample std over the transfer
+  seeds: target accuracy, ECE, the transfer's own training FLOPs and examples seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..report.table import fmt, mean_std
+from ..runs import Run
+from ..runs.headline import headline
+from ..utils.atomic import write_text
+from .weights import QUANTIZE_STAGE, deployed, deployed_bytes
+
+MODEL_COLUMNS = ("model", "stage", "source test acc", "density", "bits", "export bytes",
+                 "float file bytes", "inference FLOPs", "dense FLOPs",
+                 "train FLOPs (cumulative)", "examples seen (cumulative)")
+MODELS_NOTE = ("Measured on each deployed model: density of the prunable weights, bytes on "
+               "disk (the exported form: sparse layouts, integer codes when quantized; and a "
+               "plain float file), FLOPs of one inference (nonzero weights; dense: every "
+               "weight); training FLOPs and examples seen to produce it, added up along its "
+               "chain of stages.")
+TRANSFER_COLUMNS = ("model", "density", "bits", "method", "budget", "seeds", "target acc",
+                    "ECE", "transfer train FLOPs", "transfer examples seen")
+
+
+def _summary(root: Path, path: str) -> dict:
+    return Run(root / path).read_summary() or {}
+
+
+def _stage_name(summary: dict, experiment: dict) -> str:
+    if summary.get("stage") == QUANTIZE_STAGE:
+        act = f"a{summary['act_bits']}" if summary.get("act_bits") else ""
+        return f"PTQ w{summary['bits']}{act}"
+    method = experiment.get("method", {}).get("name")
+    if "level" in summary:
+        return f"IMP level {summary['level']}"
+    sparsity = experiment.get("sparsity", {})
+    if method == "train" and sparsity.get("method", "none") != "none":
+        return f"train, {sparsity['method']} to density {sparsity['density']:g}"
+    return str(method)
+
+
+def _cost_chain(root: Path, plan: dict) -> dict[str, tuple[float, float]]:
+    """Per model label: (training FLOPs, examples seen) spent to produce it."""
+    out: dict[str, tuple[float, float]] = {}
+    levels = 0.0, 0.0
+    for up in plan["upstreams"]:
+        s = _summary(root, up["path"])
+        own = float(s.get("train_flops") or 0.0), float(
+            s.get("train_samples") or s.get("examples_seen") or 0.0)
+        if s.get("stage") == QUANTIZE_STAGE:
+            base = out.get(up["label"].rsplit("/", 1)[0] if "/" in up["label"] else "source",
+                           (0.0, 0.0))
+            out[up["label"]] = (base[0] + own[0], base[1] + own[1])
+        elif "level" in s:  # lottery: a level costs every level up to it
+            levels = (levels[0] + own[0], levels[1] + own[1])
+            out[up["label"]] = levels
+        else:
+            out[up["label"]] = own
+    return out
+
+
+def model_rows(root: Path, plan: dict) -> list[dict]:
+    """One row per deployed model (see the module docstring)."""
+    chain = _cost_chain(root, plan)
+    rows = []
+    for up in plan["upstreams"]:
+        s = _summary(root, up["path"])
+        model = deployed(root / up["path"])
+        sizes = deployed_bytes(model.state, model.bits, model.targets)
+        rows.append({
+            "model": up["label"], "path": up["path"],
+            "stage": _stage_name(s, plan["experiment"]),
+            "source test acc": headline(s)["accuracy"],
+            "density": model.density, "bits": model.bits or 32,
+            "export bytes": sizes["bytes_deployed"], "float file bytes": sizes["bytes_float"],
+            "inference FLOPs": s.get("flops_nonzero"), "dense FLOPs": s.get("flops_dense"),
+            "train FLOPs (cumulative)": chain[up["label"]][0],
+            "examples seen (cumulative)": chain[up["label"]][1],
+        })
+    return rows
+
+
+def transfer_rows(root: Path, plan: dict, models: list[dict]) -> list[dict]:
+    """One row per model x method x budget, over the transfer seeds."""
+    by_model = {m["model"]: m for m in models}
+    groups: dict[tuple, list[dict]] = {}
+    for t in plan["transfers"]:
+        s = _summary(root, t["path"])
+        if s:
+            groups.setdefault((t["label"], t["method"], t["budget"]), []).append(s)
+    rows = []
+    for (label, method, budget), runs in groups.items():
+        def stat(key: str, runs=runs) -> tuple[float, float]:
+            return mean_std([r[key] for r in runs if isinstance(r.get(key), int | float)])
+
+        rows.append({"model": label, "density": by_model[label]["density"],
+                     "bits": by_model[label]["bits"], "method": method, "budget": budget,
+                     "seeds": len(runs), "target acc": stat("acc"), "ECE": stat("ece"),
+                     "transfer train FLOPs": stat("train_flops"),
+                     "transfer examples seen": stat("examples_seen")})
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, tuple):
+        return fmt(value)
+    if isinstance(value, float) and value.is_integer() and 2 <= abs(value) < 1e6:
+        value = int(value)
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,d}"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e4 else f"{value:.4f}"
+    return str(value)
+
+
+def _markdown(rows: list[dict], columns: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([" ± ".join(map(str, v)) if isinstance(v, tuple) else v
+                         for v in (r.get(c) for c in columns)])
+    return out.getvalue()
+
+
+def constraints_line(experiment: dict) -> list[str]:
+    """What the experiment constrains, one bullet per section in force."""
+    d, s = experiment.get("data", {}), experiment.get("sparsity", {})
+    p, t = experiment.get("precision", {}), experiment.get("transfer", {})
+    m = experiment.get("method", {})
+    budget = (f"{d['kshot']} images per class" if d.get("kshot") else
+              f"fraction {d['fraction']:g}" if d.get("fraction") else "all")
+    pool = f" of a {d['limit']}-image pool" if d.get("limit") else ""
+    lines = [f"- data budget: {budget}{pool} of {d.get('name')}",
+             f"- method: {m.get('name')}"
+             + (f", sparsity {s['method']} to density {s['density']:g}"
+                if s.get("method", "none") != "none" else "")
+             + (f", {m['levels']} IMP levels at rate {m['rate']:g}, rewind {m['rewind']}"
+                if m.get("name") == "lottery" else "")]
+    if p.get("mode", "none") != "none":
+        act = f", activations {p['act_bits']} bits" if p.get("act_bits") else ""
+        lines.append(f"- precision: {p['mode']}, weights {p['weight_bits']} bits{act}")
+    if t.get("target"):
+        lines.append(f"- transfer to {t['target'].get('name')}: {', '.join(t['methods'])} at "
+                     f"{', '.join(map(str, t['budgets']))}, seeds {t['seeds']}")
+    return lines
+
+
+def write_compose_report(plan: dict, root: str | Path) -> dict:
+    """Write the experiment's report from its finished stages; returns what it wrote."""
+    root = Path(root)
+    out = root / plan["path"] / "report"
+    models = model_rows(root, plan)
+    transfers = transfer_rows(root, plan, models)
+    text = ["# Report", "", f"Experiment `{plan['experiment'].get('name')}`; source stage "
+            f"`{plan['source']}`.", "", *constraints_line(plan["experiment"]), "",
+            "## Models", "", MODELS_NOTE, "", _markdown(models, MODEL_COLUMNS)]
+    if transfers:
+        text += ["## Transfer", "", "Mean ± sample std over transfer seeds; ECE before "
+                 "temperature scaling; training FLOPs of the transfer stage alone.", "",
+                 _markdown(transfers, TRANSFER_COLUMNS)]
+    write_text(out / "report.md", "\n".join(text))
+    write_text(out / "models.csv", _csv(models, MODEL_COLUMNS))
+    write_text(out / "transfer.csv", _csv(transfers, TRANSFER_COLUMNS))
+    write_text(out / "compose.json", json.dumps({"models": models, "transfers": transfers},
+                                                indent=2, default=str) + "\n")
+    return {"status": "ok", "models": len(models), "transfer_rows": len(transfers),
+            "report": str(out / "report.md")}

@@ -1,0 +1,22 @@
+"""A stage's run directory while it runs: locked, an earlier failure forgotten (retried)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..runs.launch import forget_failure
+from ..runs.lock import hold_run
+from ..runs.store import Run
+
+
+@contextlib.contextmanager
+def stage_run(directory: str | Path) -> Iterator[Run]:
+    """Hold the lock of ``directory`` (another launcher running it is waited for, or skipped,
+    by the lock policy in force) and drop the record of an earlier failure, so the stage is
+    retried; yields the :class:`Run`."""
+    with hold_run(directory):
+        run = Run(directory)
+        forget_failure(run)
+        yield run
