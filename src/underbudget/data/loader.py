@@ -25,6 +25,16 @@ def _per_channel(values: float | Sequence[float], channels: int, what: str) -> l
     return vals
 
 
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous slice ``[lo, hi)`` of a batch of ``n`` among ``world``
+    processes: equal parts when ``world`` divides ``n``, else the later ranks get one fewer."""
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank {rank} is outside 0..{world - 1}")
+    base, extra = divmod(int(n), int(world))
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
 class BatchPipeline:
     """What every loader shares: epoch order, batch count, augmentation and normalization.
 
@@ -106,22 +116,35 @@ class BatchPipeline:
     def _fetch(self, indices: torch.Tensor) -> Batch:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _finish(self, images: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+    def _finish(self, images: torch.Tensor, epoch: int, batch: int,
+                keep: slice | None = None) -> torch.Tensor:
         if self.augment is not None:
             images = self.augment(images, generator(self.seed, "augment", epoch, batch))
+        if keep is not None:
+            images = images[keep]
         x = images.to(torch.float32)
         if self.normalize:
             return x.mul_(self._scale).sub_(self._shift)
         return x.mul_(1.0 / 255.0)
 
-    def batches(self, epoch: int | None = None, start: int = 0) -> Iterator[Batch]:
-        """Batches of ``epoch`` from batch number ``start`` on (for exact mid-epoch resume)."""
+    def batches(self, epoch: int | None = None, start: int = 0,
+                shard: tuple[int, int] | None = None) -> Iterator[Batch]:
+        """Batches of ``epoch`` from batch number ``start`` on (for exact mid-epoch resume).
+
+        ``shard=(rank, world)`` yields only that rank's slice (:func:`shard_bounds`) of each
+        batch, augmented exactly as the whole batch would be: with random augmentation the
+        whole batch is fetched and augmented (one draw per image, in order), then sliced.
+        """
         epoch = self.epoch if epoch is None else int(epoch)
         order = self._place(self.order(epoch))
+        whole = shard is None or (self.augment is not None and self.augment.random)
         for b in range(int(start), len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            images, labels = self._fetch(idx)
-            yield self._finish(images, epoch, b), labels
+            keep = None if shard is None else slice(*shard_bounds(idx.numel(), *shard))
+            images, labels = self._fetch(idx if whole else idx[keep])
+            if keep is not None and whole:
+                labels = labels[keep]
+            yield self._finish(images, epoch, b, keep if whole else None), labels
 
     def __iter__(self) -> Iterator[Batch]:
         return self.batches(self.epoch)

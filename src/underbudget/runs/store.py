@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import yaml
 
 from ..errors import ConfigError
+from ..train.distributed import may_write
 from ..utils.atomic import dumps, write_json, write_text
 from .env import environment
 from .tree import load_tree, save_tree, tree_exists
@@ -92,6 +93,11 @@ class Run:
         """A nested run directory (with this run's listeners)."""
         return Run(self.path / name, self.listeners)
 
+    @property
+    def writable(self) -> bool:
+        """False on torchrun ranks > 0 (outside their private root): only rank 0 writes."""
+        return may_write(self.path)
+
     # ----------------------------------------------------------------- state
     def is_finished(self) -> bool:
         """A finished run has a summary."""
@@ -99,6 +105,8 @@ class Run:
 
     def start(self, config: dict | None = None, device: Any = None) -> None:
         """Create the directory and write config and environment."""
+        if not self.writable:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
@@ -111,6 +119,8 @@ class Run:
 
     def write_summary(self, summary: dict) -> None:
         """Write the summary (marks the run finished) and drop the resume checkpoint."""
+        if not self.writable:
+            return
         write_json(self.summary_path, summary)
         self.clear_checkpoint()
         self._notify("run_finished", summary)
@@ -124,12 +134,15 @@ class Run:
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a JSON file inside the run directory atomically."""
         path = self.path / name
-        write_json(path, obj)
+        if self.writable:
+            write_json(path, obj)
         return path
 
     # ----------------------------------------------------------------- metrics
     def log(self, event: str, **values: Any) -> None:
         """Append one event to metrics.jsonl."""
+        if not self.writable:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         line = dumps({"event": event, **values})
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
@@ -142,6 +155,8 @@ class Run:
 
     def truncate_metrics(self, size: int) -> None:
         """Cut metrics.jsonl back to ``size`` bytes (events after the last checkpoint)."""
+        if not self.writable:
+            return
         if self.metrics_path.exists() and self.metrics_path.stat().st_size > size:
             with open(self.metrics_path, "r+b") as fh:
                 fh.truncate(size)
@@ -167,6 +182,8 @@ class Run:
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, tree: dict) -> None:
         """Write the resume state atomically, with the metrics length it matches."""
+        if not self.writable:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.flush()
             os.fsync(fh.fileno())
@@ -182,6 +199,8 @@ class Run:
 
     def clear_checkpoint(self) -> None:
         """Remove the resume state."""
+        if not self.writable:
+            return
         self.checkpoint_path.with_suffix(".safetensors").unlink(missing_ok=True)
 
     def __repr__(self) -> str:

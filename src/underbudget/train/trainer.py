@@ -22,9 +22,11 @@ import torch.nn.functional as F
 
 from ..errors import UnderbudgetError
 from ..utils.seeding import rng_state, set_rng_state
+from . import distributed
 from .callbacks import Callback
 from .evaluate import autocast, evaluate
 from .optim import build_optimizer, build_scheduler
+from .stage_parallel import StageParallel
 
 LossFn = Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -75,11 +77,15 @@ class Trainer:
                  eval_forward: Callable | None = None,
                  params: Iterable[torch.nn.Parameter] | None = None):
         self.optim_cfg, self.cfg, self.run = optim, train, run
-        self.device = resolve_device(train.device)
+        self.distributed = distributed.init_from_env(train.device)  # under torchrun
+        self.device = distributed.rank_device(resolve_device(train.device))
         self.model = model.to(self.device)
         if train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if train.compile else self.model
+        self._plain_forward = self.forward
+        self._parallel: StageParallel | None = None
+        self.step_examples = 0  # examples of the current step's (global) batch
         self.eval_forward = eval_forward
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn or cross_entropy_loss(train.label_smoothing)
@@ -127,10 +133,12 @@ class Trainer:
     def evaluate(self, loader, return_logits: bool = False) -> dict:
         """Evaluate the deployed network on ``loader`` (whole set)."""
         t0 = time.perf_counter()
+        if self.distributed:  # every rank evaluates everything, with rank 0's BN statistics
+            distributed.broadcast_buffers(self.model)
         out = evaluate(self.model, loader, device=self.device, amp=self.cfg.amp,
                        return_logits=return_logits,
                        forward=self.eval_forward if self.eval_forward is not None
-                       else self.forward,
+                       else self._plain_forward if self.distributed else self.forward,
                        channels_last=self.cfg.channels_last and self.device.type == "cuda")
         self.timers["eval"] += time.perf_counter() - t0
         return out
@@ -157,7 +165,7 @@ class Trainer:
         }
 
     def _checkpoint(self, stage_done: bool) -> None:
-        if self.run is None or not self.cfg.checkpoint:
+        if self.run is None or not self.cfg.checkpoint or not distributed.is_main_process():
             return
         state = self.state_dict()
         state["stage_done"] = stage_done
@@ -192,7 +200,8 @@ class Trainer:
         where = (f"after stage {int(r['stage'])}" if r["stage_done"] else
                  f"from stage {int(r['stage'])}, epoch {int(r['epoch']) + 1} "
                  f"({int(r['epoch'])} done)")
-        print(f"resuming {where}: {self.run.path}", file=sys.stderr, flush=True)
+        if distributed.is_main_process():
+            print(f"resuming {where}: {self.run.path}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- training
     def fit(self, loader, epochs: int, *, val_loader=None, eval_loaders: dict | None = None,
@@ -252,6 +261,8 @@ class Trainer:
             self.epoch = 0
             self.stage_start_step = self.step
             self._call("before_stage", stage)
+        if self.distributed:  # this rank's slice of each global batch, DDP, same masks
+            self._parallel = StageParallel(self, loader)
         eval_loaders = dict(eval_loaders or {})
         stopped_early = False
         last: dict = self._last if start_epoch > 0 else {}
@@ -276,6 +287,9 @@ class Trainer:
                 self.log("early_stop", selected_epoch=self._es["best_epoch"] + 1)
                 break
             self._checkpoint(stage_done=False)
+        if self._parallel is not None:
+            self._parallel, parallel = None, self._parallel
+            parallel.end(self._plain_forward)
         restored = (select == "best" and self._best is not None
                     and self._best["epoch"] != self.epoch - 1)
         if restored:
@@ -314,16 +328,21 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         seen = 0
         t0 = time.perf_counter()
-        bar = self._progress(loader, epochs)
-        for i, (x, y) in enumerate(bar):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        par = self._parallel
+        bar = self._progress(loader if par is None else par.shard, epochs)
+        for i, batch in enumerate(bar):
+            x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True)
+            self.step_examples = int(y.shape[0]) if par is None else int(batch[2])
             if self.cfg.channels_last and dev.type == "cuda" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             self._call("before_step", (x, y))
             with autocast(dev, self.cfg.amp):
                 loss, logits = self.loss_fn(self, x, y)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if par is None:
+                loss.backward()
+            else:  # gradients all-reduced by DDP
+                par.backward(loss, int(y.shape[0]), self.step_examples)
             self._call("before_optimizer_step")  # masks gradients: clip what will be applied
             if self.cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -336,14 +355,25 @@ class Trainer:
             loss_sum += loss.double() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
+            if par is not None and i == 0:
+                par.check()
             if (i + 1) % 25 == 0 or i + 1 == len(loader):
-                self._guard(float(loss_sum.item()) / max(1, seen))
+                if par is None:
+                    self._guard(float(loss_sum.item()) / max(1, seen))
+                else:  # the same decision on every rank
+                    total, _, n = par.totals(loss_sum, correct, seen)
+                    self._guard(total / max(1, n))
             if hasattr(bar, "set_postfix") and (i + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
         self.timers["train"] += time.perf_counter() - t0
+        if par is None:
+            loss_total, right, seen = float(loss_sum.item()), int(correct.item()), seen
+        else:
+            par.check()
+            loss_total, right, seen = par.totals(loss_sum, correct, seen)
         return {
-            "train_loss": float(loss_sum.item()) / max(1, seen),
-            "train_acc_running": int(correct.item()) / max(1, seen),
+            "train_loss": loss_total / max(1, seen),
+            "train_acc_running": right / max(1, seen),
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_time": time.perf_counter() - t0,
         }
@@ -429,7 +459,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- progress
     def _progress(self, loader, epochs: int):
-        if not self.cfg.progress or not sys.stderr.isatty():
+        if not self.cfg.progress or not sys.stderr.isatty() or not distributed.is_main_process():
             return loader
         from tqdm.auto import tqdm
 
@@ -437,7 +467,7 @@ class Trainer:
                     desc=f"stage {self.stage} epoch {self.epoch + 1}/{epochs}")
 
     def _print_epoch(self, m: dict, epochs: int) -> None:
-        if not self.cfg.progress:
+        if not self.cfg.progress or not distributed.is_main_process():
             return
         parts = [f"stage {self.stage} epoch {self.epoch + 1}/{epochs}",
                  f"loss {m['train_loss']:.4f}", f"train {100 * m['train_acc_running']:.2f}%"]
