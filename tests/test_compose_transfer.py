@@ -8,6 +8,7 @@ fine-tune from a lottery level keeping its masks; config errors naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from underbudget.config import load_config
 from underbudget.errors import ConfigError
 from underbudget.experiment.compile import compile_experiment
 from underbudget.experiment.launch import run_experiment
+from underbudget.methods.d2sparse import D2GridConfig
 from underbudget.sparsity import MaskSet
 from underbudget.stages import deployed
 
@@ -159,6 +161,7 @@ def test_the_transfer_stage_is_the_compress_transfer_transfer(tmp_path):
 def test_a_second_experiment_reuses_the_source(tmp_path):
     first = load_config(tiny())
     second = load_config(tiny(name="other", transfer={"methods": ["lp", "vp-ilm"],
+                                                      "budgets": ["3shot", 0.5],
                                                       "options": {"vp": {"epochs": 1,
                                                                          "r": 6}}}))
     run_experiment(first, tmp_path)
@@ -173,6 +176,10 @@ def test_a_second_experiment_reuses_the_source(tmp_path):
     vp = [t for t in by_kind(compile_experiment(second))["transfer"]
           if t.config["method"] == "vp-ilm"]
     assert summary(tmp_path, vp[0].path)["acc"] >= 0.0
+    half = [summary(tmp_path, t.path) for t in by_kind(compile_experiment(second))["transfer"]
+            if t.config["budget"] == "0.5"]
+    assert [s["budget"] for s in half] == ["frac0.5"] * 2
+    assert all(s["train_examples"] == 3 * 15 for s in half)  # half of 30 per class
 
 
 def test_fine_tune_from_a_lottery_level_keeps_its_masks(tmp_path):
@@ -203,11 +210,16 @@ def test_fine_tune_from_a_lottery_level_keeps_its_masks(tmp_path):
     ({"transfer": {"options": {"lpp": {}}}}, "did you mean 'lp'"),
     ({"transfer": {"options": {"lp": {"epochs": 0}}}}, "transfer.options.lp.epochs"),
     ({"transfer": {"target": {"name": "synthetic", "kshot": 5}}}, "transfer.budgets"),
-    ({"method": {"name": "d2sparse-grid"}, "data": {"kshot": None}}, "use method d2sparse"),
 ])
 def test_config_errors_name_the_transfer_key(change, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         compile_experiment(load_config(tiny(**change)))
+
+
+def test_a_source_of_several_models_is_refused():
+    cfg = dataclasses.replace(load_config(tiny()), method=D2GridConfig())
+    with pytest.raises(ConfigError, match="use method d2sparse"):
+        compile_experiment(cfg)
 
 
 def test_compress_transfer_keeps_its_own_transfer():

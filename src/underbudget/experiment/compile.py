@@ -80,9 +80,10 @@ def _run(task: Task, root: Path) -> dict:
 @register_task_kind("report")
 def _report(task: Task, root: Path) -> dict:
     from ..report import write_report
+    from ..report.compose import write_compose_report
 
     if task.config.get("stage") == "report":  # a composed experiment's (see .compose)
-        return _compose.compose_report(task, root)
+        return write_compose_report(task.config, root)
     cfg = from_dict(task.config)
     write_report([root / task.path], root / task.path / "report", options=cfg.report)
     return {"status": "ok"}

@@ -6,6 +6,9 @@ A config with ``transfer.target`` set or ``precision.mode: ptq`` (any method but
     source (kind run) -> quantize (PTQ, each deployed model) -> transfer (each model x
     method x budget x seed) -> report (at the experiment's directory)
 
+The ``report`` kind writes a composed experiment's report with
+:func:`underbudget.report.compose.write_compose_report`.
+
 The stages and their directories are planned by :func:`underbudget.stages.plan_stages`
 (see :mod:`underbudget.stages.plan` for the directory rule); tasks are keyed by directory,
 so two configs sharing a stage share its task.
@@ -16,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..stages import composes, plan_stages, run_quantize, run_transfer, write_compose_report
+from ..stages import composes, plan_stages, run_quantize, run_transfer
 from .compile import register_compiler, resources_of
 from .graph import Graph, Task
 from .tasks import register_task_kind
@@ -49,8 +52,3 @@ def _quantize(task: Task, root: Path) -> dict:
 @register_task_kind("transfer")
 def _transfer(task: Task, root: Path) -> dict:
     return run_transfer(task.config, root)
-
-
-def compose_report(task: Task, root: Path) -> dict:
-    """The ``report`` task of a composed experiment (its config is the report's plan)."""
-    return write_compose_report(task.config, root)

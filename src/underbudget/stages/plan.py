@@ -192,10 +192,10 @@ def plan_stages(cfg: ExperimentConfig, path: str, deps: list[str] | None = None
                         conf = {"stage": "transfer", "path": tdir, "upstream": where,
                                 "label": label, "target": dict(t.target),
                                 "options": dict(t.options), "method": spec.label,
-                                "budget": b.label, "seed": seed}
+                                "budget": str(budget), "seed": seed}
                         plans.append(StagePlan("transfer", tdir, conf, [after],
                                                f"{spec.label} {b.label} seed {seed} of {label}"))
-                        transfers.append(conf)
+                        transfers.append({**conf, "budget": b.label})
     upstreams = [{"label": label, "path": where} for label, where, _ in models]
     report = {"stage": "report", "path": path, "experiment": to_dict(cfg),
               "source": source_dir, "upstreams": upstreams,
