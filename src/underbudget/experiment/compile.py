@@ -80,10 +80,9 @@ def _run(task: Task, root: Path) -> dict:
 @register_task_kind("report")
 def _report(task: Task, root: Path) -> dict:
     from ..report import write_report
-    from ..report.compose import write_compose_report
 
     if task.config.get("stage") == "report":  # a composed experiment's (see .compose)
-        return write_compose_report(task.config, root)
+        return _compose.write_compose_report(task.config, root)
     cfg = from_dict(task.config)
     write_report([root / task.path], root / task.path / "report", options=cfg.report)
     return {"status": "ok"}

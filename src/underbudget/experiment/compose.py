@@ -7,7 +7,7 @@ A config with ``transfer.target`` set or ``precision.mode: ptq`` (any method but
     method x budget x seed) -> report (at the experiment's directory)
 
 The ``report`` kind writes a composed experiment's report with
-:func:`underbudget.report.compose.write_compose_report`.
+:func:`underbudget.stages.write_compose_report`.
 
 The stages and their directories are planned by :func:`underbudget.stages.plan_stages`
 (see :mod:`underbudget.stages.plan` for the directory rule); tasks are keyed by directory,
@@ -19,10 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..stages import composes, plan_stages, run_quantize, run_transfer
+from ..stages import composes, plan_stages, run_quantize, run_transfer, write_compose_report
 from .compile import register_compiler, resources_of
 from .graph import Graph, Task
 from .tasks import register_task_kind
+
+__all__ = ["compile_composed", "write_compose_report"]
 
 
 @register_compiler

@@ -1,5 +1,4 @@
-"""The report of a composed experiment (:mod:`underbudget.stages`): what each constraint did
-to the model and what it cost.
+"""The report of a composed experiment: what each constraint did to the model and what it cost.
 
 Written to ``<experiment>/report/``: ``report.md`` (two tables), ``models.csv``,
 ``transfer.csv`` and ``compose.json`` (the same rows as data).
@@ -21,11 +20,11 @@ import io
 import json
 from pathlib import Path
 
+from ..report.table import fmt, mean_std
 from ..runs import Run
 from ..runs.headline import headline
-from ..stages.weights import QUANTIZE_STAGE, deployed, deployed_bytes
 from ..utils.atomic import write_text
-from .table import fmt, mean_std
+from .weights import QUANTIZE_STAGE, deployed, deployed_bytes
 
 MODEL_COLUMNS = ("model", "stage", "source test acc", "density", "bits", "export bytes",
                  "float file bytes", "inference FLOPs", "dense FLOPs",
