@@ -88,6 +88,18 @@ def test_ranks_above_zero_write_nothing_in_a_run(tmp_path, monkeypatch):
     assert run.writable
 
 
+def test_sync_batchnorm_shares_state_and_puts_the_layers_back():
+    bn, inner = torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), bn, torch.nn.Sequential(inner))
+    restore = distributed.sync_batchnorm(net)
+    assert isinstance(net[1], torch.nn.SyncBatchNorm) and isinstance(net[2][0],
+                                                                     torch.nn.SyncBatchNorm)
+    assert net[1].weight is bn.weight and net[1].running_mean is bn.running_mean
+    net[1].running_mean.add_(1.0)  # what training does in place, the original sees
+    restore()
+    assert net[1] is bn and net[2][0] is inner and float(bn.running_mean.sum()) == 4.0
+
+
 # ----------------------------------------------------------------------------- ranks
 def _free_port() -> int:
     with socket.socket() as s:

@@ -25,7 +25,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..data.loader import BatchPipeline, shard_bounds
 from ..errors import ConfigError, UnderbudgetError
@@ -41,8 +42,8 @@ __all__ = [
     "init_from_env", "is_distributed", "rank", "world_size", "local_rank", "is_main_process",
     "barrier", "may_write", "private_root", "drop_private_root", "launch_root",
     "rank_device", "shard_bounds", "RankShard", "check_global_batch", "wrap_model",
-    "all_reduce_", "all_reduce_grads", "broadcast_buffers", "broadcast_masks", "fingerprint",
-    "assert_in_sync",
+    "sync_batchnorm", "all_reduce_", "all_reduce_grads", "broadcast_buffers",
+    "broadcast_masks", "fingerprint", "assert_in_sync",
 ]
 
 
@@ -257,15 +258,32 @@ def wrap_model(model: nn.Module, device: torch.device) -> nn.Module | None:
     """``model`` in DistributedDataParallel (None when no parameter requires a gradient).
 
     DDP broadcasts rank 0's parameters and buffers when it wraps, so every rank starts the
-    stage from the same state. On CUDA, batch norm layers become SyncBatchNorm (statistics of
-    the global batch, as in one process); on CPU they keep per-rank statistics.
+    stage from the same state.
     """
     if not any(p.requires_grad for p in model.parameters()):
         return None
     if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameter objects
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
     return nn.parallel.DistributedDataParallel(model)
+
+
+def sync_batchnorm(model: nn.Module) -> Callable[[], None]:
+    """Swap the batch-norm layers inside ``model`` for SyncBatchNorm layers (statistics of
+    the global batch, as in one process; CUDA only) sharing their parameters and buffers;
+    return the function that puts the original layers back."""
+    swaps = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                swaps.append((parent, name, child))
+
+    def restore() -> None:
+        for parent, name, child in swaps:
+            child.train(getattr(parent, name).training)
+            setattr(parent, name, child)
+
+    return restore
 
 
 def all_reduce_(tensor: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from .distributed import (
     assert_in_sync,
     broadcast_masks,
     rank,
+    sync_batchnorm,
     world_size,
     wrap_model,
 )
@@ -62,6 +63,9 @@ class StageParallel:
         for masks in callback_masks(trainer.callbacks).values():
             broadcast_masks(masks)
         self.shard = RankShard(loader, rank(), world_size())
+        # CUDA: batch norm over the global batch; CPU (no SyncBatchNorm): per-rank statistics
+        self.restore = (sync_batchnorm(trainer.model) if trainer.device.type == "cuda"
+                        else lambda: None)
         self.ddp = wrap_model(trainer.model, trainer.device)
         owned = set() if self.ddp is None else {id(p) for p in trainer.model.parameters()}
         self.extra = [p for g in trainer.optimizer.param_groups for p in g["params"]
@@ -95,3 +99,4 @@ class StageParallel:
     def end(self, plain_forward: Any) -> None:
         """Back to the plain forward (evaluation runs on every rank without DDP)."""
         self.trainer.forward = plain_forward
+        self.restore()
