@@ -3,7 +3,8 @@
 The graphs of the three combination presets; a tiny transfer after a train source with a
 data budget (its numbers equal those of the compress_transfer method's dense transfer, and
 its FLOPs an independent count); a second experiment reusing the first one's source; a
-fine-tune from a lottery level keeping its masks; config errors naming the key.
+fine-tune from a lottery level keeping its masks; transfers from anytime, D2-Sparse and a
+compress_transfer variant; config errors naming the key.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from underbudget.experiment.compile import compile_experiment
 from underbudget.experiment.launch import run_experiment
 from underbudget.methods.d2sparse import D2GridConfig
 from underbudget.sparsity import MaskSet
-from underbudget.stages import deployed
+from underbudget.stages import deployed, run_transfer
 
 SYNTH = {"name": "synthetic", "image_size": 8, "channels": 1, "batch_size": 32,
          "options": {"num_classes": 4, "n_train": 320, "n_test": 128}}
@@ -228,3 +229,40 @@ def test_compress_transfer_keeps_its_own_transfer():
     case["precision"] = {"mode": "ptq"}
     with pytest.raises(ConfigError, match="compress_transfer"):
         compile_experiment(load_config(case))
+
+
+def _small(case: str, **method) -> dict:
+    cfg = json.loads(json.dumps(CASES[case]))
+    cfg.pop("sweep", None)
+    cfg["method"].update(method)
+    return cfg
+
+
+@pytest.mark.parametrize("cfg", [
+    _small("anytime", save_masks=True),
+    {**_small("d2sparse"), "method": {"name": "d2sparse", "density": 0.2, "fast_interval": 2,
+                                      "slow_interval": 6}},
+], ids=["anytime", "d2sparse"])
+def test_transfer_from_the_deployed_model_of_other_methods(tmp_path, cfg):
+    cfg["transfer"] = {"target": TARGET, "methods": ["ft"], "budgets": ["3shot"],
+                       "options": {"ft": {"epochs": 1}}}
+    run_experiment(load_config(cfg), tmp_path)
+    kinds = by_kind(compile_experiment(load_config(cfg)))
+    source = tmp_path / kinds["run"][0].path
+    up = deployed(source)
+    assert up.masks is not None and up.density < 0.5  # the sparse model that was deployed
+    got = summary(tmp_path, kinds["transfer"][0].path)
+    assert got["upstream_density"] == pytest.approx(up.density) and got["pruned_nonzero"] == 0
+
+
+def test_transfer_stage_from_a_compress_transfer_variant(tmp_path):
+    """A quantized variant of the transfer line is an upstream like any other."""
+    cfg = _small("transfer", sparsities=[], quant=["ptq-w8a8"], methods=["lp"],
+                 budgets=["3shot"])
+    parent = run_experiment(load_config(cfg), tmp_path)
+    variant = (parent / "variants" / "ptq-w8a8").relative_to(tmp_path).as_posix()
+    got = run_transfer({"path": "t/ft", "upstream": variant, "label": "ptq-w8a8",
+                        "target": TARGET, "options": {"ft": {"epochs": 1}}, "method": "ft",
+                        "budget": "3shot", "seed": 0}, tmp_path)
+    assert got["family"] == "ptq" and got["upstream_bits"] == 8
+    assert got["quantized_inputs"] > 0  # the variant's activation quantizers are kept
