@@ -47,7 +47,9 @@ TRANSFER_STAGE = "transfer"
 
 def _family(up: Deployed, pruned: bool) -> str:
     if up.quantized:
-        return "qat" if up.steps else "ptq"
+        trained = up.steps is not None or "qat" in (up.summary.get("precision_mode"),
+                                                   up.summary.get("family"))
+        return "qat" if trained else "ptq"
     return "pruned" if pruned else "dense"
 
 
