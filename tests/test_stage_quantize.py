@@ -105,3 +105,20 @@ def test_activation_calibration_and_a_fine_tune_through_the_grid(tmp_path):
     assert summary(tmp_path, lp.path)["backbone_unchanged"] is True
     report = (tmp_path / graph.path / "report" / "report.md").read_text()
     assert "| ptq-w8a8-c64 | PTQ w8a8 |" in report
+
+
+def test_a_source_trained_with_qat_transfers_through_its_grid(tmp_path):
+    """precision.mode=qat stays in the source (trained quantized); no quantize stage."""
+    transfer = {"target": TARGET, "methods": ["ft"], "budgets": ["3shot"], "seeds": [0],
+                "options": {"ft": {"epochs": 1}}}
+    values = pruned(4, 4, transfer)
+    values["precision"] = {"mode": "qat", "weight_bits": 4, "act_bits": 4}
+    cfg = load_config(values)
+    assert "quantize" not in stages(cfg)
+    run_experiment(cfg, tmp_path)
+    where = stages(cfg)
+    up = deployed(tmp_path / where["run"])
+    assert up.bits == 4 and up.act_layers and up.masks is not None
+    got = summary(tmp_path, where["transfer"])
+    assert got["family"] == "qat" and got["upstream_bits"] == 4
+    assert got["quantized_inputs"] == len(up.act_layers) - 1 and got["pruned_nonzero"] == 0
