@@ -191,9 +191,8 @@ class _LSQLayer:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _setup_quant(
-        self, bits: int, act_bits: int | None, per_channel: bool, keep_support: bool = False
-    ) -> None:
+    def _setup_quant(self, bits: int, act_bits: int | None, per_channel: bool,
+                     keep_support: bool = False) -> None:
         channels = self.weight.shape[0] if per_channel else None
         device = self.weight.device
         self.weight_quantizer = LSQQuantizer(
@@ -216,14 +215,8 @@ class _LSQLayer:
         raise NotImplementedError
 
     @classmethod
-    def from_float(
-        cls,
-        module: nn.Module,
-        bits: int,
-        act_bits: int | None = None,
-        per_channel: bool = False,
-        keep_support: bool = False,
-    ) -> nn.Module:
+    def from_float(cls, module: nn.Module, bits: int, act_bits: int | None = None,
+                   per_channel: bool = False, keep_support: bool = False) -> nn.Module:
         """A QAT layer sharing ``module``'s ``weight`` and ``bias`` parameters."""
         kwargs = _LAYER_KWARGS[cls._float_type](module)
         new = cls(**kwargs, bits=bits, device="meta")
@@ -312,27 +305,17 @@ class QuantConv3d(_QuantConvNd, nn.Conv3d):
 
 
 def _linear_kwargs(m: nn.Linear) -> dict:
-    return {
-        "in_features": m.in_features,
-        "out_features": m.out_features,
-        "bias": m.bias is not None,
-        "dtype": m.weight.dtype,
-    }
+    return {"in_features": m.in_features, "out_features": m.out_features,
+            "bias": m.bias is not None, "dtype": m.weight.dtype}
+
+
+_CONV_FIELDS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                "groups", "padding_mode")
 
 
 def _conv_kwargs(m: nn.Module) -> dict:
-    return {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": m.kernel_size,
-        "stride": m.stride,
-        "padding": m.padding,
-        "dilation": m.dilation,
-        "groups": m.groups,
-        "bias": m.bias is not None,
-        "padding_mode": m.padding_mode,
-        "dtype": m.weight.dtype,
-    }
+    return {**{k: getattr(m, k) for k in _CONV_FIELDS}, "bias": m.bias is not None,
+            "dtype": m.weight.dtype}
 
 
 _LAYER_KWARGS = {

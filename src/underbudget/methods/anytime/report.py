@@ -1,4 +1,5 @@
-"""The anytime comparison report: one table and four plots over strategies × seeds."""
+"""The anytime comparison report: tables (overall, per megabatch) and plots over settings ×
+seeds."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ TABLE_KEYS = ["final_test_acc", "cer_count", "cer_rate", "anytime_error",
               "final_gap_train_test", "mean_gap_train_test", "final_gap_train_val",
               "final_gap_paper", "mean_gap_paper",
               "final_density_measured", "final_density_scheduled", "final_flops_nonzero",
-              "total_train_flops", "total_flops_spent", "train_samples", "wall_time"]
+              "total_train_flops", "total_flops_spent", "train_samples", "wall_time",
+              "weight_bits", "act_bits", "density_deployed", "bytes_deployed",
+              "deployed_test_acc"]
 
 
 def _per_stage(records, key: str) -> tuple[list, list, list]:
@@ -26,6 +29,23 @@ def _per_stage(records, key: str) -> tuple[list, list, list]:
     n = min(len(r) for r in runs)
     stats = [mean_std([r[i] for r in runs]) for i in range(n)]
     return list(range(1, n + 1)), [m for m, _ in stats], [s for _, s in stats]
+
+
+def _stage_table(groups, key: str) -> str:
+    """A markdown table of ``key`` after each megabatch (mean ± std over seeds) per setting."""
+    rows, width = [], 0
+    for label, recs in groups:
+        xs, means, stds = _per_stage(recs, key)
+        row = {"setting": label, "seeds": len({r.seed for r in recs})}
+        for x, m, sd in zip(xs, means, stds):
+            row[f"stage {x}"] = (m, sd)
+        width = max(width, len(xs))
+        rows.append(row)
+    keys = [f"stage {x}" for x in range(1, width + 1)]
+    for row in rows:
+        for k in keys:
+            row.setdefault(k, (float("nan"), float("nan")))
+    return markdown(rows, keys) if keys else ""
 
 
 def anytime_report(records, out_dir: Path, options: dict) -> dict:
@@ -81,7 +101,12 @@ def anytime_report(records, out_dir: Path, options: dict) -> dict:
             "anytime_error = cer_rate / T. Gaps are train − test (and train − validation) "
             "accuracy; gap_paper is the APP code's running train − validation accuracy of "
             "each stage's last epoch; densities are measured from the masks over prunable "
-            "weights. Costs count everything spent (discarded epochs, scoring passes and "
-            "evaluation included); wall_time is the run's wall clock.", "",
-            markdown(rows, keys)]
+            "weights; density_deployed is counted on the saved (for QAT: quantized) weights and "
+            "bytes_deployed stores them at weight_bits (float32 otherwise). Costs count "
+            "everything spent (discarded epochs, scoring passes and evaluation included); "
+            "wall_time is the run's wall clock.", "",
+            markdown(rows, keys), "", "### Test accuracy after each megabatch", "",
+            _stage_table(groups, "test_acc"), "",
+            "### Measured density after each megabatch", "",
+            _stage_table(groups, "density")]
     return {"markdown": "\n".join(text), "files": files}
