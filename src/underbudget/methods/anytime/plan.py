@@ -46,8 +46,9 @@ def plan_stream(labels: torch.Tensor, acfg, seed: int) -> StreamPlan:
     T = acfg.megabatches
     if T > labels.numel():
         raise ConfigError(
-            f"method.megabatches={T} is larger than the {labels.numel()} training examples; "
-            "use fewer megabatches or more data (data.limit)")
+            f"the number of megabatches ({T}: stream.megabatches or method.megabatches) is "
+            f"larger than the {labels.numel()} training examples; use fewer megabatches or "
+            "more data (data.limit)")
     megabatches = partition(labels, T, seed=derive_seed(seed, "partition"),
                             class_balanced=acfg.class_balanced)
     train_parts, val_parts = [], []
@@ -60,7 +61,7 @@ def plan_stream(labels: torch.Tensor, acfg, seed: int) -> StreamPlan:
         if tr.numel() == 0:
             raise ConfigError(
                 f"megabatch {b} has no training examples left after its validation split; "
-                "lower method.val_fraction or method.megabatches")
+                "lower the stream's val_fraction or megabatches (stream.* or method.*)")
         train_parts.append(tr)
         val_parts.append(va)
     replay = Replay.parse(acfg.replay)
