@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -195,9 +195,17 @@ class TrackConfig:
 
 @dataclass
 class MethodConfig:
-    """Base of every method's config section; ``name`` selects the method."""
+    """Base of every method's config section; ``name`` selects the method.
+
+    ``honours`` names the composable constraints the method itself applies while it trains
+    (``stream``: it runs over ``stream.megabatches``; ``qat``: quantization-aware training
+    under ``precision.mode=qat``). A config asking a method for one it does not honour is
+    refused rather than silently run without it. ``transfer`` and post-training quantization
+    are stages after any method (see :mod:`underbudget.experiment.compose`).
+    """
 
     name: str = "train"
+    honours: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass
@@ -353,9 +361,23 @@ def validate(cfg: ExperimentConfig) -> None:
             f"sparsity.density must be in (0, 1] (fraction of weights kept), "
             f"got {cfg.sparsity.density}"
         )
+    _check_honoured(cfg)
     for key, values in cfg.sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
     check = getattr(cfg.method, "validate", None)
     if callable(check):
         check(cfg)
+
+
+def _check_honoured(cfg: ExperimentConfig) -> None:
+    """Refuse a stream or QAT asked of a method that does not apply it."""
+    honours = type(cfg.method).honours
+    asked = {"stream": cfg.stream.enabled, "qat": cfg.precision.mode == "qat"}
+    for what, on in asked.items():
+        if on and what not in honours:
+            key = "stream.megabatches" if what == "stream" else "precision.mode=qat"
+            raise ConfigError(
+                f"method {cfg.method.name!r} does not apply {key}; the methods that do are "
+                f"'train' and 'anytime' (train over a stream with sparsity.method, or "
+                f"method.strategy) — remove {key} or change method.name")

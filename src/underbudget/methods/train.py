@@ -13,6 +13,7 @@ that realises the ``sparsity`` section (see :mod:`.anytime.from_sections`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..config import ExperimentConfig, MethodConfig
 from ..models import save_weights
@@ -30,6 +31,7 @@ class TrainMethodConfig(MethodConfig):
     """Options of the plain training method."""
 
     name: str = "train"
+    honours: ClassVar[tuple[str, ...]] = ("stream", "qat")
     save_weights: bool = True  # keep final weights (and masks) as safetensors artifacts
     eval_train: bool = True  # clean (un-augmented) training accuracy for the generalization gap
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ...config import ConfigError, ExperimentConfig, MethodConfig
 from ...errors import unknown
@@ -26,6 +27,7 @@ class AnytimeConfig(MethodConfig):
     """
 
     name: str = "anytime"
+    honours: ClassVar[tuple[str, ...]] = ("stream", "qat")
     strategy: str = "app"  # dense | osp | app | gmp | rigl | set | imp | d2sparse
     megabatches: int = 8  # T
     tau: float = 4.5  # final density 0.8**tau (APP); ignored when d_final is set
