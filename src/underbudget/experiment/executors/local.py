@@ -1,6 +1,8 @@
 """The local executor: tasks side by side on N worker processes of this machine.
 
-Workers are started with the ``spawn`` method (no inherited threads, CUDA state or locks).
+Workers are forked from a fork server, a fresh process that has imported torch and the task
+kinds once (``spawn`` where there is no fork server): no worker inherits this process's
+threads, CUDA state or locks, and none pays the imports again.
 Each worker, before any work, sets its thread counts (``cores // N`` intra-op threads, one
 inter-op thread, the same in ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``) and, when there are
 GPUs, sees one of them through ``CUDA_VISIBLE_DEVICES``. A worker that dies (killed, out of
@@ -59,8 +61,22 @@ def _start_worker(slots, threads: int, gpus: list[str]) -> None:
     set_threads(threads)
 
 
+#: what the fork server imports once, so that no worker pays for it again
+PRELOAD = ["torch", "underbudget.experiment.executors.base"]
+
+
+def _context():
+    """``forkserver`` (workers forked from one clean process that has imported torch and the
+    task kinds) where there is one, else ``spawn``."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _pool(workers: int, gpus: list[str]) -> ProcessPoolExecutor:
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(i)

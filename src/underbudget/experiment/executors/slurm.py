@@ -115,7 +115,8 @@ def execute(graph: Graph, root: Path, options: Options) -> dict[str, Outcome]:
                         running[task_id] = (task, _submit(ex, [task], root, options)[0])
                         continue
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    outcome = died(root, task, f"its job {job.job_id} died: {first[:300]}")
+                    outcome = died(root, task, f"its job {job.job_id} died: {first[:300]} "
+                                               f"(job log: {job.paths.stderr})")
                 running.pop(task_id)
                 dispatch.finish(task, outcome)
             if not moved:
