@@ -20,7 +20,8 @@ from .errors import ConfigError, UnderbudgetError
 DEMO_PRESET = "app-demo"
 #: command-line flags that are aliases of config keys
 FLAG_KEYS = {"device": "train.device", "amp": "train.amp", "compile": "train.compile",
-             "progress": "train.progress"}
+             "progress": "train.progress", "executor": "executor.name",
+             "workers": "executor.workers", "ray_address": "executor.ray_address"}
 EXIT_SIGTERM, EXIT_SIGINT, EXIT_SIGPIPE = 143, 130, 141
 
 
@@ -36,6 +37,19 @@ def _platform_flags(p: argparse.ArgumentParser) -> None:
                    help="alias of train.compile (torch.compile)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="alias of train.progress (progress bars and epoch lines)")
+
+
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    from .sections import EXECUTORS
+
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="alias of executor.name: where the experiment graph's tasks run "
+                        "(serial in this process, local worker processes, ray, slurm)")
+    p.add_argument("--workers", type=int, help="alias of executor.workers (local: processes)")
+    p.add_argument("--ray-address", help="alias of executor.ray_address (ray: a running "
+                                         "cluster; default: a local Ray instance)")
+    p.add_argument("--skip-locked", action="store_true",
+                   help="leave a run that another launcher is running to it (default: wait)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="check the config (names, files, device) and print it resolved")
     run.add_argument("--quiet", action="store_true", help="less output")
     _platform_flags(run)
+    _executor_flags(run)
 
     sweep = sub.add_parser("sweep", help="run a grid: key=a,b,c overrides expand to runs")
     sweep.add_argument("source")
@@ -66,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="check every run of the grid and print the resolved config")
     sweep.add_argument("--quiet", action="store_true")
     _platform_flags(sweep)
+    _executor_flags(sweep)
 
     report = sub.add_parser("report", help="tables and plots over finished runs")
     report.add_argument("paths", nargs="+", help="run directories or directories of runs")
@@ -123,15 +139,18 @@ def _flag_overrides(args, overrides: list[str]) -> list[str]:
         if value is None:
             continue
         if key in given:
-            raise ConfigError(f"--{flag} and {key}=... both set {key}; keep one")
+            raise ConfigError(f"--{flag.replace('_', '-')} and {key}=... both set {key}; "
+                              "keep one")
         out.append(f"{key}={json.dumps(value) if isinstance(value, bool) else value}")
     return out
 
 
 def cmd_run(args, sweep: bool = False) -> int:
     from .config import load_config, run_name, to_yaml
+    from .experiment.compile import compile_experiment
+    from .experiment.launch import launch
     from .runs import runs_root
-    from .runs.launch import check_experiment, run_experiment
+    from .runs.launch import check_experiment
     from .runs.preflight import check_folder
 
     overrides = list(args.overrides)
@@ -144,16 +163,28 @@ def cmd_run(args, sweep: bool = False) -> int:
     cfg = load_config(args.source, overrides)
     planned = runs_root(args.out) / run_name(cfg)
     if getattr(args, "dry_run", False):
-        check_experiment(cfg)
+        graph = compile_experiment(cfg, check_experiment(cfg))
         check_folder(planned.parent)
         print(to_yaml(cfg), end="")
+        print("".join(f"# {line}\n" for line in graph.describe().splitlines()), end="")
         print(f"config ok; it would run in {planned}", file=sys.stderr)
         return 0
     try:
-        path = run_experiment(cfg, args.out, force=args.force, quiet=args.quiet)
+        result = launch(cfg, args.out, force=args.force, quiet=args.quiet,
+                        on_locked="skip" if getattr(args, "skip_locked", False) else "wait")
     except KeyboardInterrupt as exc:
         return _stopped(exc, planned)
-    _finish(path)
+    if len(result.graph.tasks) == 1:  # a user's error in a single run: one line, status 2
+        for outcome in result.failed.values():
+            if isinstance(outcome.error, UnderbudgetError):
+                raise outcome.error
+    path = result.path
+    if path.is_dir():
+        _finish(path)
+    if result.failed or result.skipped:
+        _tell_failures(result, args)
+    if result.failed:
+        return 1
     from .report import collect
 
     failed = [r for r in collect([path]) if r.summary.get("status", "ok") != "ok"]
@@ -161,6 +192,18 @@ def cmd_run(args, sweep: bool = False) -> int:
         print(f"{rec.path}: {rec.summary.get('status')}: {rec.summary.get('message', '')}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _tell_failures(result, args) -> None:
+    """List what failed or was skipped, and the command that retries only the failures."""
+    import shlex
+
+    print(result.failure_text(), file=sys.stderr)
+    if result.failed:
+        argv = [a for a in getattr(args, "argv", sys.argv[1:]) if a != "--force"]
+        print("retry with the same command: finished runs are skipped, so it runs only "
+              "what failed or was skipped:\n  " + shlex.join(["underbudget", *argv]),
+              file=sys.stderr)
 
 
 def _stopped(exc: KeyboardInterrupt, planned: Path) -> int:
@@ -341,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``underbudget`` console script."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if extra:  # overrides given after options (run tiny --out X seed=1)
         if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -73,7 +73,7 @@ def _run(task: Task, root: Path) -> dict:
     from ..runs.launch import run_single
     from ..runs.store import Run
 
-    path = run_single(from_dict(task.config), Run(root / task.path), quiet=True)
+    path = run_single(from_dict(task.config), Run(root / task.path))
     return Run(path).read_summary() or {}
 
 
