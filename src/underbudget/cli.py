@@ -169,15 +169,25 @@ def cmd_run(args, sweep: bool = False) -> int:
         print("".join(f"# {line}\n" for line in graph.describe().splitlines()), end="")
         print(f"config ok; it would run in {planned}", file=sys.stderr)
         return 0
+    from .train import distributed
+
+    out, quiet = args.out, args.quiet
+    if distributed.init_from_env(cfg.train.device):  # torchrun: one run on several ranks
+        out, cfg = distributed.launch_root(cfg, args.out, planned)
+        quiet = quiet or not distributed.is_main_process()
     try:
-        result = launch(cfg, args.out, force=args.force, quiet=args.quiet,
+        result = launch(cfg, out, force=args.force, quiet=quiet,
                         on_locked="skip" if getattr(args, "skip_locked", False) else "wait")
     except KeyboardInterrupt as exc:
         return _stopped(exc, planned)
+    finally:
+        distributed.drop_private_root()
     if len(result.graph.tasks) == 1:  # a user's error in a single run: one line, status 2
         for outcome in result.failed.values():
             if isinstance(outcome.error, UnderbudgetError):
                 raise outcome.error
+    if not distributed.is_main_process():
+        return 1 if result.failed else 0  # rank 0 writes and prints the results
     path = result.path
     if path.is_dir():
         _finish(path)
