@@ -244,15 +244,32 @@ def _headline(path: Path) -> str:
 
 def _finish(path: Path) -> None:
     from .report import write_report
+    from .stages.report import compose_table
 
     report_dir = path / "report"
-    if not (report_dir / "report.md").exists() or (path / "summary.json").exists():
+    composed = None if (path / "summary.json").exists() else compose_table(path)
+    if composed is None and (not (report_dir / "report.md").exists()
+                             or (path / "summary.json").exists()):
         write_report([path], report_dir)
-    table = _headline(path)
+    table = composed if composed is not None else _headline(path)
     if table:
         print(table)
     print(f"results: {path}")
     print(f"report:  {report_dir / 'report.md'}")
+
+
+def _composed_stages(args) -> bool:
+    """Replace a composed experiment's folder in ``args.paths`` (it holds only its report)
+    by its stage directories; True when the first path was one."""
+    from .stages.report import compose_stages
+
+    paths, first = [], False
+    for i, raw in enumerate(args.paths):
+        found = None if (Path(raw) / "summary.json").exists() else compose_stages(raw)
+        paths += [str(p) for p in found if p.is_dir()] if found else [raw]
+        first = first or (i == 0 and bool(found))
+    args.paths = paths
+    return first
 
 
 def cmd_report(args) -> int:
@@ -267,6 +284,8 @@ def cmd_report(args) -> int:
                               "of runs")
         if not path.is_dir():
             raise ConfigError(f"{raw} is a file; give a run directory or a folder of runs")
+    first = Path(args.paths[0])
+    composed = _composed_stages(args)
     if not collect(args.paths):
         raise ConfigError(f"no finished run at or below {', '.join(args.paths)} (a finished "
                           "run has summary.json); run one first, or give another folder")
@@ -279,7 +298,9 @@ def cmd_report(args) -> int:
         from .report.pareto import check_pareto
 
         check_pareto(args.pareto, args.metric or "accuracy")
-    out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
+    out = Path(args.out) if args.out else first / "report"
+    if args.out is None and composed:  # the composed experiment's own report stays
+        out = out / "stages"
     check_folder(out, "the report folder")
     clean_stale_temps(out)
     result = write_report(args.paths, out)

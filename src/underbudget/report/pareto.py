@@ -1,19 +1,23 @@
 """The Pareto front of runs: a quality metric against one cost axis.
 
 Quality is the headline metric of each run (:func:`underbudget.runs.headline.headline`):
-``accuracy`` (higher is better) or ``ece`` (lower is better). The cost is one axis of
+``accuracy`` (higher is better) or ``ece`` (lower is better); a transfer stage's are its
+target accuracy and ECE; a run that records no ECE (a ``train`` source) takes the one a
+quantize stage below it measured on its float model, when there is one. The cost is one axis of
 ``costs`` (:mod:`.costs`), lower is better. A run is on the front when no other run is at
 least as good on both and strictly better on one; equal points are all on the front.
 
 Runs are collected as the report collects them (sweep members included, one run per setting
 and seed); a finished run that holds finished sub-runs (lottery levels, compress_transfer
 variants, grid members) contributes those sub-runs, the points it is made of, instead of
-itself. Written: ``pareto.md`` (every run, front marked) and ``pareto.png`` (log cost axis,
-the front as a step line).
+itself. The stages of a composed experiment (quantize and transfer runs below the model they
+start from) each place, beside that model. Written: ``pareto.md`` (every run, front
+marked) and ``pareto.png`` (log cost axis, the front as a step line).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +33,8 @@ from .plots import _pyplot
 #: --metric name -> (headline column, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {"accuracy": ("accuracy", True), "ece": ("ECE", False)}
 FRONT_MARK = "★"
+#: the ``stage`` of a composed experiment's stage summaries (quantize, transfer)
+STAGE_KINDS = ("quantize", "transfer")
 
 
 @dataclass
@@ -84,13 +90,29 @@ def _points_of(paths: list[str | Path]) -> list[Record]:
     out: list[Record] = []
     seen: set[Path] = set()
     for rec in pool_seeds(collect(paths))[0]:
-        subs = set(leaf_runs(rec.path))
-        found = [r for r in collect([rec.path], nested=True) if r.path in subs] or [rec]
+        nested = [r for r in collect([rec.path], nested=True) if r.path != rec.path]
+        stages = [r for r in nested if r.summary.get("stage") in STAGE_KINDS]
+        if stages:  # a composed experiment's stages below their upstream: every one places
+            found = _upstream_points(rec, nested, stages) + stages
+        else:
+            subs = set(leaf_runs(rec.path))
+            found = [r for r in nested if r.path in subs] or [rec]
         for r in found:
             if r.path.resolve() not in seen:
                 seen.add(r.path.resolve())
                 out.append(r)
     return out
+
+
+def _upstream_points(rec: Record, nested: list[Record], stages: list[Record]) -> list[Record]:
+    """The points of a source run that holds stages: the innermost runs below it that are not
+    stages (lottery levels), else the run itself."""
+    inside = {r.path for r in stages}
+    plain = [r for r in nested if r.path not in inside
+             and not any(p in r.path.parents for p in inside)]
+    leaves = [r for r in plain if not any(q.path != r.path and r.path in q.path.parents
+                                          for q in plain)]
+    return leaves or [rec]
 
 
 def _label(path: Path, roots: list[Path]) -> str:
@@ -110,6 +132,30 @@ def _method(rec: Record) -> str:
     return str((nearest_config(rec.path).get("method") or {}).get("name", "?"))
 
 
+#: --metric column -> the key a quantize stage below a run records it under for that run
+_MEASURED_BELOW = {"accuracy": "test_acc_float", "ECE": "test_ece_float"}
+
+
+def _value(rec: Record, column: str) -> float | None:
+    """The run's headline ``column``; for a run that records none, the value a quantize
+    stage below it measured on its (float) model, when one did."""
+    value = headline(rec.summary)[column]
+    if value is not None or column not in _MEASURED_BELOW:
+        return value
+    for path in sorted(rec.path.glob("ptq-*/summary.json")):
+        below = (_read_json(path) or {}).get(_MEASURED_BELOW[column])
+        if isinstance(below, int | float) and math.isfinite(below):
+            return float(below)
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def pareto_points(records: list[Record], axis: str, metric: str = "accuracy",
                   roots: Sequence[str | Path] = ()) -> list[Point]:
     """Every record as a :class:`Point` (cost, headline metric) with its front flag."""
@@ -117,7 +163,7 @@ def pareto_points(records: list[Record], axis: str, metric: str = "accuracy",
     column, maximize = METRICS[metric]
     roots = [Path(r) for r in roots]
     points = [Point(_label(rec.path, roots), _method(rec), rec.costs.get(axis),
-                    headline(rec.summary)[column]) for rec in records]
+                    _value(rec, column)) for rec in records]
     placed = [p for p in points if p.placed]
     flags = pareto_front([p.cost for p in placed], [p.value for p in placed], maximize)
     for p, flag in zip(placed, flags):

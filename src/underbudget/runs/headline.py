@@ -8,7 +8,7 @@ from typing import Any
 
 #: column -> summary keys that hold it, first found wins (methods name them differently)
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "accuracy": ("test_acc", "final_test_acc", "source_test_acc"),
+    "accuracy": ("test_acc", "final_test_acc", "source_test_acc", "acc"),  # acc: a transfer
     "density": ("density", "final_density_measured", "final_density"),
     "CER": ("cer_rate",),
     "ECE": ("test_ece", "ece", "source_test_ece"),

@@ -10,7 +10,13 @@ Written to ``<experiment>/report/``: ``report.md`` (two tables), ``models.csv``,
   up along the chain (a lottery level includes every level before it, a quantized model its
   float model and the calibration passes).
 - **Transfer**: one row per model x method x budget, mean ± sample std over the transfer
-  seeds: target accuracy, ECE, the transfer's own training FLOPs and examples seen.
+  seeds: target accuracy, ECE, the transfer's own training FLOPs and examples seen, beside
+  what the upstream model brings (its source test accuracy, the source's data budget, its
+  cumulative training FLOPs) and the transferred model's deployed bytes and inference FLOPs.
+
+``compose.json`` also names every stage directory (``stages``, relative to the results
+root) so that ``underbudget report <experiment>`` finds them; :func:`compose_table` is the
+text table ``underbudget run`` prints.
 """
 
 from __future__ import annotations
@@ -26,16 +32,22 @@ from ..runs.headline import headline
 from ..utils.atomic import write_text
 from .weights import QUANTIZE_STAGE, deployed, deployed_bytes
 
-MODEL_COLUMNS = ("model", "stage", "source test acc", "density", "bits", "export bytes",
-                 "float file bytes", "inference FLOPs", "dense FLOPs",
-                 "train FLOPs (cumulative)", "examples seen (cumulative)")
-MODELS_NOTE = ("Measured on each deployed model: density of the prunable weights, bytes on "
-               "disk (the exported form: sparse layouts, integer codes when quantized; and a "
-               "plain float file), FLOPs of one inference (nonzero weights; dense: every "
-               "weight); training FLOPs and examples seen to produce it, added up along its "
-               "chain of stages.")
-TRANSFER_COLUMNS = ("model", "density", "bits", "method", "budget", "seeds", "target acc",
-                    "ECE", "transfer train FLOPs", "transfer examples seen")
+MODEL_COLUMNS = ("model", "stage", "source test acc", "source test ECE", "density", "bits",
+                 "deployed bytes", "export bytes", "float file bytes", "inference FLOPs",
+                 "dense FLOPs", "train FLOPs (cumulative)", "examples seen (cumulative)")
+MODELS_NOTE = ("Measured on each deployed model: density of the prunable weights, bytes "
+               "(deployed: the cost axis every run reports, prunable weights at the bit width "
+               "in their smallest sparse encoding; on disk in the exported form: sparse "
+               "layouts, integer codes when quantized; and a plain float file), FLOPs of one "
+               "inference (nonzero weights; dense: every weight); training FLOPs and examples "
+               "seen to produce it, added up along its chain of stages.")
+TRANSFER_COLUMNS = ("model", "source budget", "source acc", "density", "bits",
+                    "source train FLOPs", "method", "budget", "seeds", "target acc", "ECE",
+                    "transfer train FLOPs", "transfer examples seen", "deployed bytes",
+                    "inference FLOPs")
+#: the columns ``underbudget run`` prints (model rows fill what a transfer row would)
+TABLE_COLUMNS = ("model", "method", "budget", "acc", "ECE", "density", "bits",
+                 "train FLOPs", "inference FLOPs", "deployed bytes", "examples seen")
 
 
 def _summary(root: Path, path: str) -> dict:
@@ -79,6 +91,11 @@ def model_rows(root: Path, plan: dict) -> list[dict]:
     """One row per deployed model (see the module docstring)."""
     chain = _cost_chain(root, plan)
     rows = []
+    float_ece = {}  # a quantize stage measured its float model's test ECE too
+    for up in plan["upstreams"]:
+        s = _summary(root, up["path"])
+        if s.get("stage") == QUANTIZE_STAGE and s.get("test_ece_float") is not None:
+            float_ece.setdefault(s.get("upstream"), s["test_ece_float"])
     for up in plan["upstreams"]:
         s = _summary(root, up["path"])
         model = deployed(root / up["path"])
@@ -87,7 +104,11 @@ def model_rows(root: Path, plan: dict) -> list[dict]:
             "model": up["label"], "path": up["path"],
             "stage": _stage_name(s, plan["experiment"]),
             "source test acc": headline(s)["accuracy"],
+            "source test ECE": headline(s)["ECE"] if headline(s)["ECE"] is not None
+            else float_ece.get(up["path"]),
             "density": model.density, "bits": model.bits or 32,
+            "deployed bytes": (s.get("costs") or {}).get("deployed_bytes",
+                                                         s.get("bytes_deployed")),
             "export bytes": sizes["bytes_deployed"], "float file bytes": sizes["bytes_float"],
             "inference FLOPs": s.get("flops_nonzero"), "dense FLOPs": s.get("flops_dense"),
             "train FLOPs (cumulative)": chain[up["label"]][0],
@@ -109,12 +130,26 @@ def transfer_rows(root: Path, plan: dict, models: list[dict]) -> list[dict]:
         def stat(key: str, runs=runs) -> tuple[float, float]:
             return mean_std([r[key] for r in runs if isinstance(r.get(key), int | float)])
 
-        rows.append({"model": label, "density": by_model[label]["density"],
-                     "bits": by_model[label]["bits"], "method": method, "budget": budget,
+        m = by_model[label]
+        bytes_ = [(r.get("costs") or {}).get("deployed_bytes") for r in runs]
+        rows.append({"model": label, "source budget": source_budget(plan["experiment"]),
+                     "source acc": m["source test acc"], "density": m["density"],
+                     "bits": m["bits"], "source train FLOPs": m["train FLOPs (cumulative)"],
+                     "method": method, "budget": budget,
                      "seeds": len(runs), "target acc": stat("acc"), "ECE": stat("ece"),
                      "transfer train FLOPs": stat("train_flops"),
-                     "transfer examples seen": stat("examples_seen")})
+                     "transfer examples seen": stat("examples_seen"),
+                     "deployed bytes": bytes_[0] if None not in bytes_ else None,
+                     "inference FLOPs": runs[0].get("flops_inference")})
     return rows
+
+
+def source_budget(experiment: dict) -> str:
+    """The source's data budget in a transfer budget's words: ``<k>shot``, a fraction, all."""
+    d = experiment.get("data", {})
+    if d.get("kshot"):
+        return f"{d['kshot']}shot"
+    return f"fraction {d['fraction']:g}" if d.get("fraction") else "all"
 
 
 def _cell(value) -> str:
@@ -188,7 +223,64 @@ def write_compose_report(plan: dict, root: str | Path) -> dict:
     write_text(out / "report.md", "\n".join(text))
     write_text(out / "models.csv", _csv(models, MODEL_COLUMNS))
     write_text(out / "transfer.csv", _csv(transfers, TRANSFER_COLUMNS))
-    write_text(out / "compose.json", json.dumps({"models": models, "transfers": transfers},
-                                                indent=2, default=str) + "\n")
+    stages = [u["path"] for u in plan["upstreams"]] + [t["path"] for t in plan["transfers"]]
+    write_text(out / "compose.json", json.dumps(
+        {"models": models, "transfers": transfers, "stages": stages,
+         "root": "../" * (len(Path(plan["path"]).parts) + 1)},
+        indent=2, default=str) + "\n")
     return {"status": "ok", "models": len(models), "transfer_rows": len(transfers),
             "report": str(out / "report.md")}
+
+
+def compose_stages(experiment: str | Path) -> list[Path] | None:
+    """The stage directories of the composed experiment at ``experiment`` (None when it is
+    not one: no ``report/compose.json``)."""
+    experiment = Path(experiment)
+    try:
+        data = json.loads((experiment / "report" / "compose.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    root = (experiment / "report" / data.get("root", "../../")).resolve()
+    return [root / p for p in data.get("stages", [])]
+
+
+def table_rows(data: dict) -> list[dict]:
+    """``compose.json`` as the rows of :data:`TABLE_COLUMNS`: one per model (its source test
+    accuracy and ECE, cumulative training), then one per model x method x budget."""
+    rows = [{"model": m["model"], "method": m["stage"], "budget": "-",
+             "acc": m["source test acc"], "ECE": m["source test ECE"],
+             "density": m["density"], "bits": m["bits"],
+             "train FLOPs": m["train FLOPs (cumulative)"],
+             "inference FLOPs": m["inference FLOPs"], "deployed bytes": m["deployed bytes"],
+             "examples seen": m["examples seen (cumulative)"]} for m in data["models"]]
+    rows += [{"model": t["model"], "method": t["method"], "budget": t["budget"],
+              "acc": t["target acc"], "ECE": t["ECE"], "density": t["density"],
+              "bits": t["bits"], "train FLOPs": t["transfer train FLOPs"],
+              "inference FLOPs": t["inference FLOPs"], "deployed bytes": t["deployed bytes"],
+              "examples seen": t["transfer examples seen"]} for t in data["transfers"]]
+    return rows
+
+
+def _text(value) -> str:
+    if isinstance(value, list | tuple) and len(value) == 2 and value[1]:
+        return f"{_text(value[0])}±{_text(value[1])}"
+    if isinstance(value, list | tuple):
+        return _text(value[0]) if value else "–"
+    return _cell(value)
+
+
+def compose_table(experiment: str | Path) -> str | None:
+    """The aligned text table of a composed experiment's report (None when ``experiment``
+    has no ``report/compose.json``): models, then transfers (mean±std over seeds); a
+    transfer row's train FLOPs are the transfer's own."""
+    try:
+        data = json.loads((Path(experiment) / "report" / "compose.json").read_text(
+            encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    table = [list(TABLE_COLUMNS)]
+    table += [[_text(r.get(c)) for c in TABLE_COLUMNS] for r in table_rows(data)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(TABLE_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                     for row in table)

@@ -19,6 +19,10 @@ Costs in the summary, per the project's FLOP convention (one forward pass = F):
   not counted. ``examples_seen`` = epochs run x training images.
 - ``flops_inference``: F of the transferred model; ``upstream_*``: density, bits, bytes on
   disk (compact form) and F of the model that was transferred.
+- ``costs.deployed_bytes``: the deployed model by the precision record's rule (the one every
+  run's ``deployed_bytes`` follows, :func:`underbudget.quant.in_training.precision_summary`):
+  the upstream model's bytes measured by that rule (``upstream_bytes_deployed``), with the
+  source head replaced by the new float32 head (LP, FT) or plus the float32 prompt (VP).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import dataclasses
 import time
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from ..config import ExperimentConfig, from_dict
 from ..methods.compress_transfer.config import parse_budget, parse_method
 from ..methods.compress_transfer.context import make_context
@@ -34,9 +41,10 @@ from ..methods.compress_transfer.prompting import check_frame
 from ..methods.compress_transfer.source import fresh_model
 from ..methods.compress_transfer.transfer import FittedTransfer, fit_transfer, transfer_identity
 from ..methods.compress_transfer.variants import LoadedVariant, VariantSpec
+from ..quant.in_training import precision_summary
 from ..runs import Run
 from ..sections import PrecisionConfig, StreamConfig, TransferConfig
-from ..sparsity.cost import cost
+from ..sparsity.cost import _tensor_bytes, cost
 from ..utils.seeding import derive_seed, seed_everything
 from .plan import transfer_settings
 from .rundir import stage_run
@@ -82,6 +90,51 @@ def _costs(fitted: FittedTransfer, kind: str, shape: tuple[int, ...]) -> dict:
     return {"train_flops": train, "examples_seen": seen, "flops_inference": forward}
 
 
+def _rule_precision(up: Deployed) -> PrecisionConfig:
+    return (PrecisionConfig(mode="ptq", weight_bits=up.bits, act_bits=up.act_bits)
+            if up.quantized else PrecisionConfig())
+
+
+@torch.no_grad()
+def _head_bytes(model: nn.Module, masks, up: Deployed) -> float:
+    """Bytes of the model's last Linear layer (the source head) by the precision rule."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        return 0.0
+    name, head = heads[-1]
+    prunable = set(masks.names()) if masks is not None else None
+    total = 0.0
+    for pname, p in head.named_parameters():
+        full = f"{name}.{pname}" if name else pname
+        if pname == "weight" and (prunable is None or full in prunable):
+            rows = p.shape[0]
+            bits = up.bits or 32
+            total += _tensor_bytes(p.numel(), int(p.count_nonzero()), rows, bits)["best"]
+            total += 4 * rows if up.quantized else 0
+        else:
+            total += 4 * p.numel()
+    return total
+
+
+def upstream_bytes(model: nn.Module, masks, up: Deployed, shape: tuple[int, ...]) -> tuple:
+    """(bytes of the upstream model, bytes of its head), by the precision rule, measured
+    before the transfer trains anything."""
+    base = float(precision_summary(model, _rule_precision(up), masks, shape)["bytes_deployed"])
+    return base, _head_bytes(model, masks, up)
+
+
+def transferred_bytes(fitted: FittedTransfer, kind: str, before: tuple) -> dict:
+    """The upstream's deployed bytes and the transferred model's (see the module docstring)."""
+    base, head = before
+    if kind == "vp":
+        prompt = getattr(fitted.net, "prompt", None)
+        added = 4 * sum(p.numel() for p in prompt.parameters()) if prompt is not None else 0
+        return {"upstream_bytes_deployed": base, "bytes_deployed": base + added}
+    new = 4 * sum(p.numel() for p in fitted.net.head.parameters())
+    return {"upstream_bytes_deployed": base,
+            "bytes_deployed": base - head + new}
+
+
 def run_transfer(config: dict, root: str | Path) -> dict:
     """Run (or find finished) the transfer described by ``config`` under ``root``: ``path``,
     ``upstream`` (a stage directory), ``label`` (the upstream's name in reports), ``target``
@@ -125,16 +178,17 @@ def _transfer(config: dict, root: Path, run: Run) -> dict:
     run.start(config, device=ctx.device)
     info = transfer_identity(variant, spec, budget, seed)
     seed_everything(derive_seed(cfg.seed, "transfer", *sorted(info.items())))
+    before = upstream_bytes(model, masks, up, (c, h, w))
     t0 = time.perf_counter()
     fitted = fit_transfer(ctx, variant, spec, budget, seed, run)
     summary = {"stage": TRANSFER_STAGE, "name": cfg.name, **fitted.summary, **upstream,
-               **_costs(fitted, spec.kind, (c, h, w)), "status": "ok"}
+               **_costs(fitted, spec.kind, (c, h, w)),
+               **transferred_bytes(fitted, spec.kind, before),
+               "status": "ok"}
     summary["time"] = time.perf_counter() - t0
     summary["costs"] = {"train_flops": summary["train_flops"],
                         "inference_flops": summary["flops_inference"],
-                        "deployed_bytes": deployed_bytes(
-                            {k: v.detach().cpu() for k, v in fitted.net.state_dict().items()},
-                            up.bits, up.targets)["bytes_deployed"],
+                        "deployed_bytes": summary["bytes_deployed"],
                         "examples_seen": summary["examples_seen"],
                         "wall_time": summary["time"]}
     run.write_summary(summary)
