@@ -71,7 +71,8 @@ def record_task_failure(root: Path, task: Task, reason: str, details: str) -> No
     now (it is running it again)."""
     folder = failure_dir(Path(root), task)
     info = {"task": task.id, "kind": task.kind, "name": task.config.get("name"),
-            "method": (task.config.get("method") or {}).get("name"),
+            "method": m.get("name") if isinstance(m := task.config.get("method"), dict)
+            else m,  # a transfer stage names its method as text
             "seed": task.config.get("seed")}
     if task.kind == "report":  # the sweep's directory is not a run: a log only
         write_text(folder / "error.log", details)
