@@ -68,6 +68,8 @@ PLATFORM_KEYS: tuple[str, ...] = (
     "executor",  # how runs are dispatched (serial, processes, Ray, Slurm) and by how many
     "resources",  # CPUs and GPUs each task asks of the executor
 )
+#: evaluations that ``train.curves`` can ask for every ``train.eval_every`` epochs
+CURVES = ("test", "train")
 #: the run directory name is ``<name>-<hash>``; file systems allow 255 bytes per name
 MAX_NAME_LENGTH = 200
 
@@ -137,7 +139,11 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     deterministic: bool = False
-    eval_every: int = 1  # epochs between evaluations (0: only at the end of a stage)
+    eval_every: int = 1  # epochs between validation evaluations (0: only at a stage's end)
+    # evaluations also run every eval_every epochs, for learning curves (e.g. [test, train]);
+    # by default test and train sets are evaluated once, at the end of each stage, on the
+    # weights the stage keeps
+    curves: list[str] = field(default_factory=list)
     select: str = "last"  # last | best (best validation accuracy of the stage)
     patience: int | None = None  # early stopping on validation accuracy
     min_delta: float = 0.0
@@ -354,6 +360,9 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"{MAX_NAME_LENGTH} (it names the run directory)")
     if t.epochs < 0:
         raise ConfigError(f"train.epochs must be >= 0, got {t.epochs}")
+    for name in t.curves:
+        if name not in CURVES:
+            raise unknown("learning curve (train.curves)", name, CURVES)
     if t.select not in ("last", "best"):
         raise unknown("selection (train.select)", t.select, ("last", "best"))
     if not 0 < cfg.sparsity.density <= 1:

@@ -207,7 +207,7 @@ class Trainer:
     def fit(self, loader, epochs: int, *, val_loader=None, eval_loaders: dict | None = None,
             stage: int | None = None, select: str | None = None,
             patience: int | None = None, reset_optimizer: bool = False,
-            epoch_evals: tuple[str, ...] = ("test",)) -> dict:
+            epoch_evals: tuple[str, ...] | None = None) -> dict:
         """Train one stage for ``epochs`` epochs and return the stage's metrics.
 
         Args:
@@ -216,7 +216,8 @@ class Trainer:
             eval_loaders: further named loaders evaluated at the end of the stage (e.g.
                 ``{"test": ..., "train": ...}``).
             epoch_evals: names in ``eval_loaders`` also evaluated every ``train.eval_every``
-                epochs (validation data always is, for selection and early stopping).
+                epochs, for learning curves (default ``train.curves``: none; validation data
+                always is, for selection and early stopping).
             stage: stage index (default: the next one).
             select: ``best`` (best validation epoch) or ``last``; default from config.
             patience: early stopping patience in evaluations; default from config.
@@ -264,6 +265,8 @@ class Trainer:
         if self.distributed:  # this rank's slice of each global batch, DDP, same masks
             self._parallel = StageParallel(self, loader)
         eval_loaders = dict(eval_loaders or {})
+        if epoch_evals is None:
+            epoch_evals = tuple(self.cfg.curves)
         stopped_early = False
         last: dict = self._last if start_epoch > 0 else {}
         for epoch in range(start_epoch, epochs):
