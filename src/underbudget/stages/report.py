@@ -96,6 +96,11 @@ def model_rows(root: Path, plan: dict) -> list[dict]:
         s = _summary(root, up["path"])
         if s.get("stage") == QUANTIZE_STAGE and s.get("test_ece_float") is not None:
             float_ece.setdefault(s.get("upstream"), s["test_ece_float"])
+    measured = {}  # a transfer measured its upstream's deployed bytes by the same rule
+    for t in plan["transfers"]:
+        value = _summary(root, t["path"]).get("upstream_bytes_deployed")
+        if value is not None:
+            measured.setdefault(t["label"], value)
     for up in plan["upstreams"]:
         s = _summary(root, up["path"])
         model = deployed(root / up["path"])
@@ -107,8 +112,10 @@ def model_rows(root: Path, plan: dict) -> list[dict]:
             "source test ECE": headline(s)["ECE"] if headline(s)["ECE"] is not None
             else float_ece.get(up["path"]),
             "density": model.density, "bits": model.bits or 32,
-            "deployed bytes": (s.get("costs") or {}).get("deployed_bytes",
-                                                         s.get("bytes_deployed")),
+            "deployed bytes": next((v for v in ((s.get("costs") or {}).get("deployed_bytes"),
+                                                 s.get("bytes_deployed"),
+                                                 measured.get(up["label"])) if v is not None),
+                                   None),
             "export bytes": sizes["bytes_deployed"], "float file bytes": sizes["bytes_float"],
             "inference FLOPs": s.get("flops_nonzero"), "dense FLOPs": s.get("flops_dense"),
             "train FLOPs (cumulative)": chain[up["label"]][0],
