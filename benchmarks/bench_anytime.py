@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from underbudget.config import load_config
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from underbudget.config import load_config
 from underbudget.methods.anytime.plan import plan_stream
 from underbudget.methods.common import prepare_data
 from underbudget.models import create_model
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import keep_count, progressive_densities
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from underbudget.config import load_config
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 CPU_PRESETS = ("tiny", "train-fashion", "gmp-fashion", "rigl-fashion", "snip-fashion",
                "lottery-fashion", "app-demo", "d2sparse-demo", "transfer-demo",

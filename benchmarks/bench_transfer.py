@@ -24,7 +24,7 @@ import torch
 
 from underbudget.config import load_config
 from underbudget.methods.compress_transfer.results import load_study
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 
 def _mean(values: list[float]) -> float:

@@ -87,7 +87,7 @@ def numbers(root: Path) -> dict[str, float]:
 
 def run_case(name: str, out: Path) -> dict[str, float]:
     from underbudget.config import load_config
-    from underbudget.runs.launch import run_experiment
+    from underbudget.experiment.launch import run_experiment
 
     run_experiment(load_config(json.loads(json.dumps(CASES[name]))), out / name, quiet=True)
     return numbers(out / name)

@@ -20,7 +20,7 @@ from underbudget.methods.common import eval_loader, prepare_data
 from underbudget.metrics import MetricInputError
 from underbudget.metrics.anytime import anytime_summary, gap_paper
 from underbudget.models import create_model
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 
 

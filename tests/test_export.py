@@ -15,7 +15,7 @@ from underbudget.export import decode, encode, export_run, load_model, read_expo
 from underbudget.export.layout import encode_quantized
 from underbudget.models import create_model
 from underbudget.quant import convert, insert_activation_quantizers, prepare_qat, quantize_model
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 QUIET = ["--quiet", "train.progress=false"]
 

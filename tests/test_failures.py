@@ -13,7 +13,7 @@ from underbudget.cli import main
 from underbudget.config import load_config
 from underbudget.experiment.launch import launch
 from underbudget.runs import Run
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 LOTTERY = ["method.name=lottery", "method.levels=1", "train.epochs=1", "train.device=cpu"]
 

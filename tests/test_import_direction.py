@@ -47,7 +47,6 @@ LAYERS: dict[str, int] = {
     "underbudget.export": 3,
     # 4: a config compiled into a graph of tasks and run by an executor
     "underbudget.experiment": 4,
-    "underbudget.runs.launch": 4,
     # 5: entry points (the package itself imports the methods so that they register)
     "underbudget": 5,
     "underbudget.cli": 5,
@@ -56,11 +55,6 @@ LAYERS: dict[str, int] = {
 
 #: (importing module, imported module): the module-level imports still going up, and why
 ALLOWED: dict[tuple[str, str], str] = {
-    ("underbudget.methods.d2sparse.grid", "underbudget.runs.launch"):
-        "the grid runs its child runs itself; to become a compiled experiment "
-        "(experiment.compile.register_compiler) whose executor runs them",
-    ("underbudget.stages.rundir", "underbudget.runs.launch"):
-        "a stage running a run directory: run_single belongs with the executors in experiment/",
     ("underbudget.report.costs", "underbudget.export.card"):
         "the hidden-cost figures read exported model cards: they belong with a line's report, "
         "above export",
@@ -70,12 +64,6 @@ ALLOWED: dict[tuple[str, str], str] = {
 
 #: subpackage edges left out of the cycle check (imports inside functions included there)
 CYCLE_ALLOWED: dict[tuple[str, str], str] = {
-    ("underbudget.runs", "underbudget.methods"):
-        "runs.launch runs a method: it belongs with the executors in experiment/",
-    ("underbudget.runs", "underbudget.report"):
-        "runs.launch writes a sweep's report: it belongs with the executors in experiment/",
-    ("underbudget.runs", "underbudget.experiment"):
-        "runs.launch forwards run_experiment to experiment/: callers should import it there",
     ("underbudget.report", "underbudget.export"):
         "report.costs reads exported model cards: export is above report",
 }

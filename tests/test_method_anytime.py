@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 
 BASE = {

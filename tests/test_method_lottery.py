@@ -17,7 +17,7 @@ from underbudget.errors import ConfigError
 from underbudget.methods import lottery
 from underbudget.methods.common import build_model, prepare_data
 from underbudget.runs import Run
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 from underbudget.train import Callback
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from underbudget.config import load_config
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 
 def digits_cfg(**data):

@@ -18,7 +18,7 @@ from underbudget.errors import ConfigError
 from underbudget.methods import sparse_setup
 from underbudget.methods.common import build_model, prepare_data
 from underbudget.runs import Run
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet, at_init
 from underbudget.sparsity.allocation import keep_count
 from underbudget.train import Callback

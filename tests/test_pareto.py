@@ -11,7 +11,7 @@ import torch
 from underbudget.cli import main
 from underbudget.config import load_config
 from underbudget.report.pareto import FRONT_MARK, pareto_front
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 
 def brute_force(costs, values, maximize):

@@ -16,7 +16,7 @@ from underbudget.models import create_model
 from underbudget.quant import convert
 from underbudget.quant.in_training import prepare_for_training
 from underbudget.quant.qat import LSQQuantizer
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sections import PrecisionConfig
 from underbudget.sparsity import MaskSet
 from underbudget.train.trainer import Trainer

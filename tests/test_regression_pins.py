@@ -277,7 +277,7 @@ def test_a_transfer_source_is_the_model_the_train_method_trains(tmp_path):
     from safetensors.torch import load_file
 
     from underbudget.config import load_config
-    from underbudget.runs.launch import run_experiment
+    from underbudget.experiment.launch import run_experiment
 
     transfer = json.loads(json.dumps(CASES["transfer"]))
     plain = {k: v for k, v in transfer.items() if k != "method"}

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from underbudget.config import load_config
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 from underbudget.sparsity.allocation import keep_count
 from underbudget.train import Callback, Trainer

@@ -10,7 +10,7 @@ import pytest
 
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 SYNTH = {"name": "synthetic", "image_size": 8, "channels": 1, "batch_size": 32,
          "options": {"num_classes": 4, "n_train": 480, "n_test": 128}}

@@ -19,7 +19,7 @@ import pytest
 from underbudget.config import flatten, load_config
 from underbudget.errors import ConfigError, MissingDependencyError
 from underbudget.runs import Run
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 
 INSTALLED = [n for n in ("tensorboard", "wandb", "mlflow") if importlib.util.find_spec(n)]
 

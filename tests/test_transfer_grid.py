@@ -16,7 +16,7 @@ from underbudget.cli import main as cli_main
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
 from underbudget.models import read_state_dict
-from underbudget.runs.launch import run_experiment
+from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 
 TINY = {

@@ -150,7 +150,7 @@ def cmd_run(args, sweep: bool = False) -> int:
     from .experiment.compile import compile_experiment
     from .experiment.launch import launch
     from .runs import runs_root
-    from .runs.launch import check_experiment
+    from .experiment.sweep import check_experiment
     from .runs.preflight import check_folder
 
     overrides = list(args.overrides)

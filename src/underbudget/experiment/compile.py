@@ -12,7 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import from_dict, run_name, to_dict
+from ..report import write_report
+from ..runs.store import Run
 from .graph import Graph, Task
+from .single import run_single
+from .sweep import expand_sweep
 from .tasks import register_task_kind
 
 #: ``fn(cfg, graph, path, deps) -> list of the ids of the tasks that finish cfg`` or None
@@ -52,8 +56,6 @@ def add_config(graph: Graph, cfg, path: str, deps: list[str] | None = None,
 
 def compile_experiment(cfg, children: list | None = None) -> Graph:
     """The graph of ``cfg``: its tasks, their run directories and dependencies."""
-    from ..runs.launch import expand_sweep
-
     top = run_name(cfg)
     graph = Graph(top)
     if not cfg.sweep:
@@ -70,17 +72,12 @@ def compile_experiment(cfg, children: list | None = None) -> Graph:
 
 @register_task_kind("run")
 def _run(task: Task, root: Path) -> dict:
-    from ..runs.launch import run_single
-    from ..runs.store import Run
-
     path = run_single(from_dict(task.config), Run(root / task.path))
     return Run(path).read_summary() or {}
 
 
 @register_task_kind("report")
 def _report(task: Task, root: Path) -> dict:
-    from ..report import write_report
-
     if task.config.get("stage") == "report":  # a composed experiment's (see .compose)
         return _compose.write_compose_report(task.config, root)
     cfg = from_dict(task.config)
@@ -88,5 +85,7 @@ def _report(task: Task, root: Path) -> dict:
     return {"status": "ok"}
 
 
-# the stages that compose with any method (PTQ, transfer) register their compiler and kinds
+# the stages that compose with any method (PTQ, transfer) and the D2-Sparse grid register
+# their compilers and kinds
 from . import compose as _compose  # noqa: E402,F401
+from . import grid as _grid  # noqa: E402,F401

@@ -14,15 +14,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import to_dict
 from ..errors import UnderbudgetError
-from ..runs.launch import check_experiment, remove_if_unsaved, run_single, sharing_listeners
+from ..report import write_report
+from ..runs.failures import remove_if_unsaved
 from ..runs.lock import clear_run_dir, hold_run
 from ..runs.preflight import check_folder
 from ..runs.store import Run, runs_root
+from ..track import tracking
 from ..utils.atomic import clean_stale_temps
 from .compile import compile_experiment
 from .executors import DONE, FAILED, SKIPPED, Options, Outcome, execute
 from .graph import Graph
+from .single import run_single, sharing_listeners
+from .sweep import check_experiment
 
 __all__ = ["ExperimentFailed", "Launch", "launch", "run_experiment", "run_single",
            "run_sweep"]
@@ -97,9 +102,6 @@ def launch(cfg, root: str | Path | None = None, *, force: bool = False, quiet: b
            on_locked: str = "wait") -> Launch:
     """Run ``cfg`` (or its sweep) under ``root`` on the config's executor; a task's failure
     does not raise (see :attr:`Launch.failed`), an error in the config does."""
-    from ..config import to_dict
-    from ..track import tracking
-
     children = check_experiment(cfg)
     graph = compile_experiment(cfg, children)
     root = check_folder(runs_root(root))
@@ -124,8 +126,6 @@ def launch(cfg, root: str | Path | None = None, *, force: bool = False, quiet: b
                 raise _TasksFailed
             if trackers is not None:
                 if not cfg.sweep:
-                    from ..report import write_report
-
                     write_report([path], path / "report", options=cfg.report)
                 trackers.send_plots(path / "report")
     except _TasksFailed:

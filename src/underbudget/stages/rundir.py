@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..runs.launch import forget_failure
+from ..runs.failures import forget_failure
 from ..runs.lock import hold_run
 from ..runs.store import Run
 

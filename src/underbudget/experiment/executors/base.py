@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...runs.launch import quiet_runs, record_failure
+from ...runs.failures import record_failure
 from ...runs.lock import RunLocked, hold_run, lock_policy
 from ...runs.store import Run
 from ...sections import ExecutorConfig
@@ -25,6 +25,7 @@ from ...utils.atomic import write_text
 from .. import compile as _kinds  # noqa: F401  (registers the task kinds in every process)
 from ..graph import Graph, Task
 from ..progress import Progress
+from ..single import quiet_runs
 from ..tasks import run_task
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...config import ExperimentConfig, MethodConfig, apply_overrides, from_dict, to_dict
-from ...errors import ConfigError, closest, unknown
+from ...errors import ConfigError, UnderbudgetError, closest, unknown
 from ...report import collect, mean_std
 from ...runs import Run
-from ...runs.launch import run_single
 from ..registry import list_methods, register_method
 from .config import D2SparseConfig
 from .report import ARMS, budget_label, points, report_grid
 
+GRID_METHOD = "d2sparse-grid"
 EQUAL = ("epochs", "steps")
 DENSITY_FREE = ("dense",)  # arms that do not depend on the density
 
@@ -96,7 +95,7 @@ def arm_settings(
 class D2GridConfig(MethodConfig):
     """The D2-Sparse experiment grid (every child is an ordinary run of its method)."""
 
-    name: str = "d2sparse-grid"
+    name: str = GRID_METHOD
     budgets: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125, 0.0625])
     densities: list[float] = field(default_factory=lambda: [0.5, 0.2, 0.1, 0.05])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -230,20 +229,20 @@ def _summary(pts) -> dict[str, Any]:
 
 
 @register_method(
-    "d2sparse-grid",
+    GRID_METHOD,
     D2GridConfig,
     "D2-Sparse experiment grid: budgets x densities x seeds x (d2sparse, ablations, baselines)",
     report=report_grid,
 )
 def run_grid(cfg: ExperimentConfig, run: Run) -> dict:
-    """Run every child (finished ones are skipped), then summarise."""
-    kids = grid_children(cfg)
-    quiet = not cfg.train.progress
-    for i, (slug, child) in enumerate(kids):
-        if not quiet:
-            print(f"[grid {i + 1}/{len(kids)}] {slug}", file=sys.stderr, flush=True)
-        run_single(child, run.child(slug), quiet=quiet)
-    records = collect([run.child(slug).path for slug, _ in kids])
+    """Summarise the finished children (the compiled grid runs them before this task)."""
+    kids = [run.child(slug).path for slug, _ in grid_children(cfg)]
+    missing = [p.name for p in kids if not Run(p).is_finished()]
+    if missing:
+        raise UnderbudgetError(f"{len(missing)} grid child run(s) have not finished, e.g. "
+                          f"{missing[0]}: launch the grid as an experiment (underbudget run), "
+                          "which runs every child first")
+    records = collect(kids)
     failed = [r for r in records if r.summary.get("status", "ok") != "ok"]
     summary = {"runs": len(records), "failed": len(failed), "equal": cfg.method.equal}
     summary.update(_summary(points(records)))
