@@ -138,7 +138,9 @@ def test_transfer_after_a_budgeted_train_source(tmp_path):
     want = backbone * (t["train_examples"] + t["val_examples"]) + 3 * head * t["examples_seen"]
     assert t["train_flops"] == pytest.approx(want)
     report = (path / "report" / "report.md").read_text()
-    assert "| source | train |" in report and "| source | 1.0000 | 32 | lp | 3shot | 1 |" in report
+    assert "| source | train |" in report and "| source | 20shot |" in report
+    assert f"| {source['test_acc']:.4f} | 1.0000 | 32 |" in report
+    assert "| lp | 3shot | 1 |" in report
 
 
 def test_the_transfer_stage_is_the_compress_transfer_transfer(tmp_path):

@@ -130,7 +130,8 @@ def transferred_bytes(fitted: FittedTransfer, kind: str, before: tuple) -> dict:
         prompt = getattr(fitted.net, "prompt", None)
         added = 4 * sum(p.numel() for p in prompt.parameters()) if prompt is not None else 0
         return {"upstream_bytes_deployed": base, "bytes_deployed": base + added}
-    new = 4 * sum(p.numel() for p in fitted.net.head.parameters())
+    linear = [m for m in fitted.net.modules() if isinstance(m, nn.Linear)][-1]  # the new head
+    new = 4 * sum(p.numel() for p in linear.parameters())
     return {"upstream_bytes_deployed": base,
             "bytes_deployed": base - head + new}
 
