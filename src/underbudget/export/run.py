@@ -24,13 +24,14 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError, ConfigError
 from ..models import read_state_dict
+from ..runs.architecture import architecture, build_model
+from ..runs.deployed import RunModel, locate
 from ..runs.preflight import check_folder
 from ..utils.atomic import clean_stale_temps, write_bytes, write_text
 from ..utils.tensorfile import safetensors_bytes
-from .card import architecture, build_model, card_markdown, make_card
+from .card import card_markdown, make_card
 from .grid import levels_used, recover_grid
 from .layout import decode, encode, encode_quantized, export_bytes, read_export
-from .source import RunModel, locate
 
 FORMS = ("dense", "sparse", "quantized")
 CARD_JSON, CARD_MD = "model_card.json", "model_card.md"

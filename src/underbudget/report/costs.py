@@ -44,10 +44,10 @@ import yaml
 
 from ..config import to_dict
 from ..errors import UnderbudgetError
-from ..export.card import architecture, build_model
-from ..export.source import RunModel, locate
 from ..models import read_state_dict
 from ..quant.in_training import precision_summary
+from ..runs.architecture import architecture, build_model
+from ..runs.deployed import RunModel, locate
 from ..sections import PrecisionConfig
 from ..sparsity import MaskSet, cost
 from ..sparsity.cost import training_flops

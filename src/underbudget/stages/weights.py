@@ -1,6 +1,6 @@
 """The deployed model of a finished stage, whatever produced it.
 
-:func:`deployed` finds it with the exporter's rules (:func:`underbudget.export.source.locate`):
+:func:`deployed` finds it with the exporter's rules (:func:`underbudget.runs.deployed.locate`):
 
 - a ``train``, ``anytime`` or ``d2sparse`` run (D2-Sparse deploys its slow network S), a
   ``lottery`` level (``level-KK``), a sweep member: ``artifacts/model.safetensors`` and, when
@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from ..export.grid import recover_grid
 from ..export.layout import encode, encode_quantized, export_bytes
-from ..export.source import locate
 from ..models import read_state_dict
 from ..quant import insert_activation_quantizers
+from ..runs.deployed import locate
 from ..sparsity import MaskSet
 from ..utils.tensorfile import safetensors_bytes
 
