@@ -7,7 +7,6 @@ checkpoint is kept, the same command resumes it, and the exit status is 143 (130
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -15,7 +14,33 @@ import signal
 import sys
 from pathlib import Path
 
+from .cli_args import parser as _parser
+from .config import (
+    list_presets,
+    load_config,
+    load_yaml,
+    parse_override,
+    presets_dir,
+    run_name,
+    to_yaml,
+)
+from .data import list_datasets
 from .errors import ConfigError, UnderbudgetError
+from .experiment.compile import compile_experiment
+from .experiment.launch import launch
+from .experiment.sweep import check_experiment
+from .export import export_run
+from .methods.registry import list_methods
+from .models import list_models
+from .report import collect, write_report
+from .report.pareto import check_pareto, write_pareto
+from .runs import Run, runs_root
+from .runs.headline import headline_table
+from .runs.preflight import check_folder
+from .runs.store import last_checkpoint
+from .stages.report import compose_stages, compose_table
+from .train import distributed
+from .utils.atomic import clean_stale_temps
 
 DEMO_PRESET = "app-demo"
 #: command-line flags that are aliases of config keys
@@ -29,92 +54,7 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled exactly like Ctrl-C (checkpoint kept, run resumable)."""
 
 
-def _platform_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="alias of train.device (auto, cpu, cuda, cuda:N, mps)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="alias of train.amp (bf16 autocast on CUDA)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="alias of train.compile (torch.compile)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="alias of train.progress (progress bars and epoch lines)")
-
-
-def _executor_flags(p: argparse.ArgumentParser) -> None:
-    from .sections import EXECUTORS
-
-    p.add_argument("--executor", choices=EXECUTORS,
-                   help="alias of executor.name: where the experiment graph's tasks run "
-                        "(serial in this process, local worker processes, ray, slurm)")
-    p.add_argument("--workers", type=int, help="alias of executor.workers (local: processes)")
-    p.add_argument("--ray-address", help="alias of executor.ray_address (ray: a running "
-                                         "cluster; default: a local Ray instance)")
-    p.add_argument("--skip-locked", action="store_true",
-                   help="leave a run that another launcher is running to it (default: wait)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="underbudget",
-        description="Learning under constraints: sparse, low-data, anytime and compressed "
-                    "transfer experiments from one config.",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run a preset or a YAML config (key.sub=value overrides)")
-    run.add_argument("source", help="preset name (see 'underbudget list presets') or FILE.yaml")
-    run.add_argument("overrides", nargs="*", help="overrides such as optim.lr=0.05 seed=1")
-    run.add_argument("--out", help="runs root (default $UNDERBUDGET_RUNS or ./runs)")
-    run.add_argument("--force", action="store_true", help="delete a finished run and redo it")
-    run.add_argument("--dry-run", action="store_true",
-                     help="check the config (names, files, device) and print it resolved")
-    run.add_argument("--quiet", action="store_true", help="less output")
-    _platform_flags(run)
-    _executor_flags(run)
-
-    sweep = sub.add_parser("sweep", help="run a grid: key=a,b,c overrides expand to runs")
-    sweep.add_argument("source")
-    sweep.add_argument("overrides", nargs="*",
-                       help="key=value (fixed) or key=a,b,c (swept: one run per value)")
-    sweep.add_argument("--out")
-    sweep.add_argument("--force", action="store_true")
-    sweep.add_argument("--dry-run", action="store_true",
-                       help="check every run of the grid and print the resolved config")
-    sweep.add_argument("--quiet", action="store_true")
-    _platform_flags(sweep)
-    _executor_flags(sweep)
-
-    report = sub.add_parser("report", help="tables and plots over finished runs")
-    report.add_argument("paths", nargs="+", help="run directories or directories of runs")
-    report.add_argument("--out", help="output directory (default: <first path>/report)")
-    report.add_argument("--pareto", metavar="AXIS",
-                        help="also write pareto.md/png: --metric against this cost (train_flops, "
-                             "inference_flops, deployed_bytes, examples_seen, wall_time)")
-    report.add_argument("--metric", help="accuracy (default, higher is better) or ece (lower) "
-                                         "for --pareto")
-
-    show = sub.add_parser("show", help="print a run's config summary and results")
-    show.add_argument("path")
-
-    export = sub.add_parser("export", help="write a run's model compactly (sparse, integer) "
-                                           "with a model card")
-    export.add_argument("run", help="a finished run directory (a train run, a lottery level, "
-                                    "an anytime run, a compress_transfer variant)")
-    export.add_argument("--out", help="output directory (default: RUN/export)")
-
-    lst = sub.add_parser("list", help="list presets, models, datasets or methods")
-    lst.add_argument("what", choices=["presets", "models", "datasets", "methods"])
-
-    demo = sub.add_parser("demo", help="run app-demo (APP vs OSP vs dense on Fashion-MNIST)")
-    demo.add_argument("overrides", nargs="*")
-    demo.add_argument("--out")
-    demo.add_argument("--force", action="store_true")
-    _platform_flags(demo)
-    return p
-
-
 def _split_sweep(overrides: list[str]) -> tuple[list[str], dict]:
-    from .config import parse_override
-
     fixed, grid = [], {}
     for text in overrides:
         key, _ = parse_override(text)
@@ -146,13 +86,6 @@ def _flag_overrides(args, overrides: list[str]) -> list[str]:
 
 
 def cmd_run(args, sweep: bool = False) -> int:
-    from .config import load_config, run_name, to_yaml
-    from .experiment.compile import compile_experiment
-    from .experiment.launch import launch
-    from .runs import runs_root
-    from .experiment.sweep import check_experiment
-    from .runs.preflight import check_folder
-
     overrides = list(args.overrides)
     if sweep:
         overrides, grid = _split_sweep(overrides)
@@ -169,7 +102,6 @@ def cmd_run(args, sweep: bool = False) -> int:
         print("".join(f"# {line}\n" for line in graph.describe().splitlines()), end="")
         print(f"config ok; it would run in {planned}", file=sys.stderr)
         return 0
-    from .train import distributed
 
     out, quiet = args.out, args.quiet
     if distributed.init_from_env(cfg.train.device):  # torchrun: one run on several ranks
@@ -195,7 +127,6 @@ def cmd_run(args, sweep: bool = False) -> int:
         _tell_failures(result, args)
     if result.failed:
         return 1
-    from .report import collect
 
     failed = [r for r in collect([path]) if r.summary.get("status", "ok") != "ok"]
     for rec in failed:
@@ -218,7 +149,6 @@ def _tell_failures(result, args) -> None:
 
 def _stopped(exc: KeyboardInterrupt, planned: Path) -> int:
     """Say where an interrupted run stopped and how to resume it; return the exit status."""
-    from .runs.store import last_checkpoint
 
     how = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C (SIGINT)"
     found = last_checkpoint(planned)
@@ -234,18 +164,12 @@ def _stopped(exc: KeyboardInterrupt, planned: Path) -> int:
 
 
 def _headline(path: Path) -> str:
-    from .report import collect
-    from .runs.headline import headline_table
-
     records = collect([path])
     return headline_table([(str(r.path.relative_to(path)) if r.path != path else r.path.name,
                             r.summary) for r in records])
 
 
 def _finish(path: Path) -> None:
-    from .report import write_report
-    from .stages.report import compose_table
-
     report_dir = path / "report"
     composed = None if (path / "summary.json").exists() else compose_table(path)
     if composed is None and (not (report_dir / "report.md").exists()
@@ -261,7 +185,6 @@ def _finish(path: Path) -> None:
 def _composed_stages(args) -> bool:
     """Replace a composed experiment's folder in ``args.paths`` (it holds only its report)
     by its stage directories; True when the first path was one."""
-    from .stages.report import compose_stages
 
     paths, first = [], False
     for i, raw in enumerate(args.paths):
@@ -273,10 +196,6 @@ def _composed_stages(args) -> bool:
 
 
 def cmd_report(args) -> int:
-    from .report import collect, write_report
-    from .runs.preflight import check_folder
-    from .utils.atomic import clean_stale_temps
-
     for raw in args.paths:
         path = Path(raw)
         if not path.exists():
@@ -295,7 +214,6 @@ def cmd_report(args) -> int:
     if args.metric is not None and args.pareto is None:
         raise ConfigError("--metric goes with --pareto AXIS (e.g. --pareto train_flops)")
     if args.pareto is not None:
-        from .report.pareto import check_pareto
 
         check_pareto(args.pareto, args.metric or "accuracy")
     out = Path(args.out) if args.out else first / "report"
@@ -307,7 +225,6 @@ def cmd_report(args) -> int:
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out / 'report.md'} ({result['runs']} runs)")
     if args.pareto is not None:
-        from .report.pareto import write_pareto
 
         write_pareto(args.paths, out, args.pareto, args.metric or "accuracy")
         print(f"pareto: {out / 'pareto.md'}, {out / 'pareto.png'}")
@@ -315,9 +232,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .config import load_yaml
-    from .runs import Run
-
     run = Run(args.path)
     if not run.config_path.exists():
         raise UnderbudgetError(f"{run.path} is not a run directory (no config.yaml)")
@@ -346,8 +260,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
-
     result = export_run(args.run, args.out)
     print(f"export: {result.out}")
     dense = result.sizes["dense"]
@@ -360,21 +272,17 @@ def cmd_export(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "presets":
-        from .config import list_presets, load_yaml, presets_dir
 
         for name in list_presets():
             doc = load_yaml(presets_dir() / f"{name}.yaml").get("description", "")
             print(f"{name:22s} {doc}")
     elif args.what == "models":
-        from .models import list_models
 
         print("\n".join(list_models()))
     elif args.what == "datasets":
-        from .data import list_datasets
 
         print("\n".join(list_datasets()))
     else:
-        from .methods.registry import list_methods
 
         for name, doc in list_methods().items():
             print(f"{name:22s} {doc}")
