@@ -19,6 +19,7 @@ from underbudget.cli import main
 from underbudget.config import load_config
 from underbudget.experiment.compile import compile_experiment
 from underbudget.experiment.launch import run_experiment
+from underbudget.stages.report import measured_ece
 
 DIGITS = ["data.name=digits", "data.limit=null", "data.test_limit=200"]
 STREAM = [*DIGITS, "data.batch_size=64", "stream.megabatches=2", "train.epochs=1",
@@ -91,6 +92,7 @@ def test_rigl_kshot_vp_shows_the_budget_and_density_beside_vp(tmp_path, capsys):
     data = compose_json(path)
     (model,) = data["models"]
     assert model["density"] == pytest.approx(0.1, abs=0.01)
+    assert 0.0 <= model["source test ECE"] <= 1.0  # train records none: measured by the report
     assert model["examples seen (cumulative)"] == 2 * 50  # 5 shots x 10 classes, 2 epochs
     (row,) = data["transfers"]
     assert (row["method"], row["budget"], row["seeds"]) == ("vp-ilm", "3shot", 2)
@@ -112,7 +114,8 @@ def test_gmp_ptq_lp_float_and_8bit_then_pareto_places_the_transfers(tmp_path, ca
     assert (flt["model"], flt["bits"], q8["model"], q8["bits"]) == ("source", 32, "ptq-w8", 8)
     assert flt["density"] == pytest.approx(0.1, abs=0.01) and q8["density"] == flt["density"]
     assert q8["deployed bytes"] < flt["deployed bytes"]
-    assert flt["source test ECE"] is not None  # measured by the quantize stage
+    # the float source's ECE as its quantize stage measured it, and measured again by the report
+    assert measured_ece(tmp_path, data["stages"][0], {}) == pytest.approx(flt["source test ECE"])
     rows = {(r["model"], r["budget"]): r for r in data["transfers"]}
     assert set(rows) == {(m, b) for m in ("source", "ptq-w8") for b in ("1shot", "5shot")}
     source = json.loads((tmp_path / data["stages"][0] / "summary.json").read_text())
@@ -126,7 +129,7 @@ def test_gmp_ptq_lp_float_and_8bit_then_pareto_places_the_transfers(tmp_path, ca
                  "deployed_bytes", "--metric", "ece"]) == 0
     table = (out / "pareto.md").read_text()
     assert "6 run(s) placed" in table and "Not placed" not in table
-    assert table.count("/transfer/lp-") == 4
+    assert table.count("/transfer/lp-") == 4 and table.count("| lp transfer |") == 4
     capsys.readouterr()
     assert main(["report", str(path), "--pareto", "deployed_bytes"]) == 0  # its stages
     assert (path / "report" / "stages" / "pareto.md").is_file()
@@ -148,7 +151,8 @@ def test_imp_budget_transfer_every_level_by_lp_and_vp(tmp_path):
     assert [m["density"] for m in levels] == pytest.approx([1.0, 0.5, 0.25], abs=0.01)
     flops = [m["train FLOPs (cumulative)"] for m in levels]
     assert flops == sorted(flops) and flops[0] > 0  # a level pays for the ones before it
-    assert all(m["deployed bytes"] is not None for m in levels)
+    assert all(m["deployed bytes"] is not None and m["source test ECE"] is not None
+               for m in levels)
     rows = {(r["model"], r["method"]) for r in data["transfers"]}
     assert rows == {(m["model"], t) for m in levels for t in ("lp", "vp-ilm")}
     assert all(r["source budget"] == "fraction 0.5" and r["ECE"][0] is not None

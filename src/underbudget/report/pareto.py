@@ -127,6 +127,8 @@ def _label(path: Path, roots: list[Path]) -> str:
 
 def _method(rec: Record) -> str:
     """The method that made the run (a sub-run without a config: its parent's)."""
+    if rec.summary.get("stage") == "transfer":  # its metric is the target task's
+        return f"{rec.summary.get('method')} transfer"
     if rec.summary.get("method") or (rec.config.get("method") or {}).get("name"):
         return rec.method
     return str((nearest_config(rec.path).get("method") or {}).get("name", "?"))
@@ -191,6 +193,9 @@ def pareto_markdown(points: list[Point], axis: str, metric: str) -> str:
              f"| run | method | {axis} | {metric} | front |", "|---|---|---:|---:|:---:|"]
     lines += [f"| {p.label} | {p.method} | {_fmt(p.cost)} | {_fmt(p.value, True)} | "
               f"{FRONT_MARK if p.front else ''} |" for p in placed]
+    if any(p.method.endswith(" transfer") for p in placed):
+        lines += ["", "Transfer points (method `… transfer`) measure the target task; the "
+                  "other runs, their own test set."]
     missing = [p for p in points if not p.placed]
     if missing:
         lines += ["", "## Not placed", "",

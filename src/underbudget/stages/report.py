@@ -4,7 +4,8 @@ Written to ``<experiment>/report/``: ``report.md`` (two tables), ``models.csv``,
 ``transfer.csv`` and ``compose.json`` (the same rows as data).
 
 - **Models**: every model the experiment deployed before transfer (the source; each lottery
-  level; each quantized model) with its stage, source test accuracy, measured density, weight
+  level; each quantized model) with its stage, source test accuracy and ECE (when the stage
+  recorded no ECE, that of a quantize stage of it, else measured now), density, weight
   bits, bytes on disk in the compact exported form (and as a plain float file), inference
   FLOPs of one sample, and what producing it cost: training FLOPs and examples seen, added
   up along the chain (a lottery level includes every level before it, a quantized model its
@@ -22,10 +23,15 @@ text table ``underbudget run`` prints.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
 
+from ..config import from_dict
+from ..errors import UnderbudgetError
+from ..methods.common import build_model, eval_loader, prepare_data
+from ..methods.compress_transfer.source import test_calibration
 from ..report.table import fmt, mean_std
 from ..runs import Run
 from ..runs.headline import headline
@@ -65,6 +71,31 @@ def _stage_name(summary: dict, experiment: dict) -> str:
     if method == "train" and sparsity.get("method", "none") != "none":
         return f"train, {sparsity['method']} to density {sparsity['density']:g}"
     return str(method)
+
+
+_MEASURE_ERRORS = (UnderbudgetError, OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+def measured_ece(root: Path, path: str, data_cache: dict) -> float | None:
+    """Test ECE of the deployed model at ``path``, measured now on its source test set (for
+    a source that records none and has no quantize stage that measured it); None when its
+    model cannot be rebuilt or its data loaded."""
+    import torch
+
+    try:
+        up = deployed(root / path)
+        cfg = from_dict(up.config)
+        key = json.dumps(up.config.get("data"), sort_keys=True, default=str)
+        if key not in data_cache:
+            data_cache[key] = prepare_data(cfg)
+        data = data_cache[key]
+        model_cfg = dataclasses.replace(cfg.model, weights=None)
+        model = up.load_into(build_model(cfg, data, model_cfg=model_cfg)).eval()
+        device = torch.device("cpu")
+        test = eval_loader(cfg, data.test, data.splits, device)
+        return float(test_calibration(model.to(device), test, device)["source_test_ece"])
+    except _MEASURE_ERRORS:
+        return None
 
 
 def _cost_chain(root: Path, plan: dict) -> dict[str, tuple[float, float]]:
@@ -121,6 +152,10 @@ def model_rows(root: Path, plan: dict) -> list[dict]:
             "train FLOPs (cumulative)": chain[up["label"]][0],
             "examples seen (cumulative)": chain[up["label"]][1],
         })
+    cache: dict = {}
+    for row in rows:
+        if row["source test ECE"] is None:
+            row["source test ECE"] = measured_ece(root, row["path"], cache)
     return rows
 
 
