@@ -23,7 +23,7 @@ from .anytime.run import run_anytime
 from .common import build_model, eval_loader, make_trainer, prepare_data, train_loader
 from .precision_setup import finish_model, first_inputs, prepare_model
 from .registry import register_method
-from .sparse_setup import check_sparsity
+from .sparse_setup import check_sparsity, sparse_callbacks, sparse_summary
 
 
 @dataclass
@@ -47,8 +47,6 @@ class TrainMethodConfig(MethodConfig):
                  "supervised training, dense or sparse (prune at init, gradual, SET, RigL)")
 def run_train(cfg: ExperimentConfig, run: Run) -> dict:
     """Train once; evaluate on validation (if any) and test; return the summary."""
-    from .sparse_setup import sparse_callbacks, sparse_summary
-
     if cfg.stream.enabled:
         return run_anytime(cfg, run)
     data = prepare_data(cfg, run)

@@ -18,6 +18,7 @@ import yaml
 
 from ..config import flatten, is_platform_key
 from ..errors import UnderbudgetError
+from ..runs import Run
 from .costs import run_costs
 
 
@@ -64,8 +65,6 @@ class Record:
     def events(self, event: str | None = None) -> list[dict]:
         """Events of this run's metrics.jsonl (cached)."""
         if self._events is None:
-            from ..runs import Run
-
             self._events = Run(self.path).events()
         return [e for e in self._events if event is None or e.get("event") == event]
 

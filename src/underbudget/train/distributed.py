@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..config import TrackConfig, run_name
 from ..data.loader import BatchPipeline, shard_bounds
 from ..errors import ConfigError, UnderbudgetError
 
@@ -177,8 +178,6 @@ def launch_root(cfg: Any, out: str | None, planned: Path) -> tuple[str | None, A
     if is_main_process():
         barrier()  # the other ranks have copied the run directory
         return out, cfg
-    from ..config import TrackConfig, run_name
-
     if cfg.track.backends:
         cfg = dataclasses.replace(cfg, track=TrackConfig())
     root = Path(tempfile.mkdtemp(prefix=f"underbudget-rank{rank()}-")).resolve()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ...errors import ConfigError, MissingDependencyError
+from ...errors import ConfigError, MissingDependencyError, unknown
 from ..graph import Graph, Task
 from .base import Dispatcher, Options, Outcome, died
 
@@ -47,8 +47,6 @@ def _executor(graph: Graph, root: Path, options: Options):
     extra = dict(s.extra)
     cluster = extra.pop("cluster", None)
     if cluster is not None and cluster not in CLUSTERS:
-        from ...errors import unknown
-
         raise unknown("executor.slurm.extra.cluster", cluster, CLUSTERS)
     poll_s = float(extra.pop("poll_s", 0.5 if cluster in ("local", "debug") else 15.0))
     folder = Path(s.folder) if s.folder else root / graph.path / "slurm"

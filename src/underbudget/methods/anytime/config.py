@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ...config import ConfigError, ExperimentConfig, MethodConfig
+from ...data.stream import Replay
 from ...errors import unknown
 from ...sections import StreamConfig
+from .strategies import STRATEGIES
 
 REPLAY_HELP = "full | none | window:K | buffer:N"
 SCORE_SOURCES = ("newest", "replay")
@@ -66,8 +68,6 @@ class AnytimeConfig(MethodConfig):
 
     def check(self, cfg) -> None:
         """The checks of :meth:`validate` on these (already resolved) settings."""
-        from .strategies import STRATEGIES
-
         if self.strategy not in STRATEGIES:
             raise unknown("anytime strategy (method.strategy)", self.strategy, STRATEGIES)
         if self.megabatches < 1:
@@ -97,8 +97,6 @@ class AnytimeConfig(MethodConfig):
         if self.score_source not in SCORE_SOURCES:
             raise unknown("score source (method.score_source)", self.score_source,
                           SCORE_SOURCES)
-        from ...data.stream import Replay
-
         Replay.parse(self.replay)
         if cfg.train.select == "best" and self.val_fraction == 0:
             raise ConfigError("train.select=best needs method.val_fraction > 0")
