@@ -12,7 +12,14 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ...config import DataConfig, ExperimentConfig, MethodConfig, OptimConfig
+from ...config import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    DataConfig,
+    ExperimentConfig,
+    MethodConfig,
+    OptimConfig,
+)
 from ...errors import ConfigError, unknown
 from ...sparsity import SCOPES
 
@@ -21,8 +28,6 @@ MAPPINGS = ("rlm", "flm", "ilm")
 PROMPTS = ("expansive", "pad", "shrink-pad", "patch")
 ASSIGNMENTS = ("greedy", "hungarian")
 BINNINGS = ("default", "legacy")
-_OPTIMIZERS = ("sgd", "adam", "adamw")
-_SCHEDULES = ("none", "step", "multistep", "cosine")
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -292,10 +297,10 @@ def imp_level(sparsity: float, rate: float) -> int:
 
 
 def _check_optim(o: OptimConfig, where: str) -> None:
-    if o.name not in _OPTIMIZERS:
-        raise unknown(f"optimizer ({where}.name)", o.name, _OPTIMIZERS)
-    if o.schedule not in _SCHEDULES:
-        raise unknown(f"LR schedule ({where}.schedule)", o.schedule, _SCHEDULES)
+    if o.name not in OPTIMIZERS:
+        raise unknown(f"optimizer ({where}.name)", o.name, OPTIMIZERS)
+    if o.schedule not in LR_SCHEDULES:
+        raise unknown(f"LR schedule ({where}.schedule)", o.schedule, LR_SCHEDULES)
     if o.lr <= 0:
         raise ConfigError(f"{where}.lr must be positive, got {o.lr}")
 

@@ -7,8 +7,6 @@ paired: per seed, variant minus dense on the same budget draw, head init and bat
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections import defaultdict
@@ -16,6 +14,7 @@ from pathlib import Path
 
 from ...report import group_by_setting
 from ...report.collect import Record
+from ...report.table import csv_text
 from ...utils.atomic import write_text
 from .figures import level_plots, reliability_plots
 from .results import (
@@ -152,8 +151,6 @@ def _timing(studies: list[dict], rows: dict) -> list[str]:
 
 
 def _csv(rows: dict, variants: dict, order: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
     keys = [
         "acc",
         "d_acc",
@@ -169,10 +166,9 @@ def _csv(rows: dict, variants: dict, order: list[str]) -> str:
         "mean_conf",
         "time",
     ]
-    writer.writerow(
-        ["method", "budget", "variant", "sparsity", "bits", "seeds"]
-        + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
-    )
+    header = ["method", "budget", "variant", "sparsity", "bits", "seeds"] + [
+        f"{k}_{s}" for k in keys for s in ("mean", "std")]
+    lines = []
     for (method, budget, name), row in sorted(
         rows.items(),
         key=lambda kv: (
@@ -186,8 +182,8 @@ def _csv(rows: dict, variants: dict, order: list[str]) -> str:
         for k in keys:
             stats = row.get(k)
             cells += list(stats[:2]) if stats is not None else ["", ""]
-        writer.writerow([method, budget, name, sparsity, bits, row["seeds"]] + cells)
-    return out.getvalue()
+        lines.append([method, budget, name, sparsity, bits, row["seeds"]] + cells)
+    return csv_text(header, lines)
 
 
 def _headline(records: list[Record]) -> list[str]:
