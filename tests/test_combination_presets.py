@@ -157,3 +157,16 @@ def test_imp_budget_transfer_every_level_by_lp_and_vp(tmp_path):
     assert rows == {(m["model"], t) for m in levels for t in ("lp", "vp-ilm")}
     assert all(r["source budget"] == "fraction 0.5" and r["ECE"][0] is not None
                for r in data["transfers"])
+
+
+def test_a_sweep_of_a_combination_prints_every_child_and_shares_the_source(tmp_path, capsys):
+    overrides = [*DIGITS, "model.kwargs={widths: [8]}", "train.epochs=1",
+                 "transfer.budgets=[1shot]", "transfer.seeds=[0]",
+                 "transfer.options.lp.epochs=2", "transfer.options.lp.min_steps=4"]
+    assert main(["sweep", "gmp-ptq-lp", "precision.weight_bits=8,4", "--out", str(tmp_path),
+                 "--quiet", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "weight_bits-4:" in printed and "weight_bits-8:" in printed
+    assert "PTQ w4" in printed and "PTQ w8" in printed
+    (top,) = [p for p in tmp_path.iterdir() if p.name.startswith("gmp-ptq-lp-")]
+    assert len(list((top / "stages").glob("source-*"))) == 1  # one source for both

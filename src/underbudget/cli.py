@@ -169,9 +169,22 @@ def _headline(path: Path) -> str:
                             r.summary) for r in records])
 
 
+def _composed_tables(path: Path) -> str | None:
+    """The table of the composed experiment at ``path``, or those of a sweep's composed
+    children one after the other (None when there is none)."""
+    if (path / "summary.json").exists():
+        return None
+    own = compose_table(path)
+    if own is not None:
+        return own
+    kids = [(c.name, compose_table(c)) for c in sorted(path.iterdir())
+            if c.is_dir() and c.name not in ("stages", "report")]
+    return "\n\n".join(f"{name}:\n{table}" for name, table in kids if table) or None
+
+
 def _finish(path: Path) -> None:
     report_dir = path / "report"
-    composed = None if (path / "summary.json").exists() else compose_table(path)
+    composed = _composed_tables(path)
     if composed is None and (not (report_dir / "report.md").exists()
                              or (path / "summary.json").exists()):
         write_report([path], report_dir)

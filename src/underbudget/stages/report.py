@@ -206,7 +206,9 @@ def _cell(value) -> str:
     if isinstance(value, int):
         return f"{value:,d}"
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) >= 1e4 else f"{value:.4f}"
+        if abs(value) >= 1e4:
+            return f"{value:.3g}"
+        return f"{value:,.1f}" if abs(value) >= 2 else f"{value:.4f}"  # bytes: 202.5
     return str(value)
 
 
