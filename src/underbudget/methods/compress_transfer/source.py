@@ -10,33 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ...metrics import calibration_report
 from ...models import load_weights, read_state_dict, save_weights
-from ...train import Callback, Trainer
+from ...train import Trainer
 from ...train.evaluate import evaluate
 from ...utils.seeding import seed_everything
 from ..common import build_model
+from ..lottery import RewindSaver
 from .context import Context
 
 SOURCE = "source"
-
-
-class RewindSaver(Callback):
-    """Save the model's weights to ``path`` at the end of epoch ``epoch`` (1-based)."""
-
-    name = "rewind_saver"
-
-    def __init__(self, epoch: int, path: Path):
-        self.epoch, self.path = epoch, path
-
-    def after_epoch(self, trainer, metrics: dict) -> None:
-        if trainer.stage == 0 and trainer.epoch + 1 == self.epoch:
-            save_weights(trainer.model, self.path)
 
 
 def fresh_model(ctx: Context) -> nn.Module:
@@ -90,10 +77,12 @@ def source_stage(ctx: Context) -> tuple[nn.Module, dict]:
     else:
         if ctx.method.imp_rewind_epoch == 0:
             save_weights(model, rewind)
-        callbacks = [RewindSaver(ctx.method.imp_rewind_epoch, rewind)]
+        loader = ctx.source_train_loader("train")
+        # the end of epoch E is optimizer step E x (steps per epoch): IMP's late-rewind point
+        callbacks = [RewindSaver(ctx.method.imp_rewind_epoch * len(loader), rewind)]
         trainer = Trainer(model, cfg.optim, cfg.train, run=child, callbacks=callbacks)
         val = ctx.source_eval_loader("val") if ctx.source.val is not None else None
-        result = trainer.fit(ctx.source_train_loader("train"), cfg.train.epochs, val_loader=val)
+        result = trainer.fit(loader, cfg.train.epochs, val_loader=val)
         trainer.finish()
         model = trainer.model
         summary.update(
