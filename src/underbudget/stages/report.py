@@ -28,6 +28,8 @@ import io
 import json
 from pathlib import Path
 
+import torch
+
 from ..config import from_dict
 from ..errors import UnderbudgetError
 from ..methods.common import build_model, eval_loader, prepare_data
@@ -80,8 +82,6 @@ def measured_ece(root: Path, path: str, data_cache: dict) -> float | None:
     """Test ECE of the deployed model at ``path``, measured now on its source test set (for
     a source that records none and has no quantize stage that measured it); None when its
     model cannot be rebuilt or its data loaded."""
-    import torch
-
     try:
         up = deployed(root / path)
         cfg = from_dict(up.config)
