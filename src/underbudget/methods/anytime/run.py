@@ -15,7 +15,7 @@ from ...errors import ConfigError
 from ...metrics.anytime import anytime_summary
 from ...models import save_weights
 from ...runs import Run
-from ...sparsity import Targets, cubic_density, progressive_densities
+from ...sparsity import Targets, cubic_density, gradual_steps, progressive_densities
 from ...train import resolve_device
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, generator
@@ -24,7 +24,7 @@ from ..precision_setup import finish_model, first_inputs, prepare_model
 from .config import AnytimeConfig
 from .from_sections import anytime_experiment
 from .plan import StreamPlan, plan_stream
-from .strategies import STRATEGIES, StreamContext, gmp_steps
+from .strategies import STRATEGIES, StreamContext
 from .stream_callback import StreamCallback
 
 
@@ -46,9 +46,9 @@ def _scheduled(a, densities: list[float], steps: list[int]) -> list[float]:
     if a.strategy == "dense":
         return [1.0] * T
     if a.strategy == "gmp":
-        dt, n = gmp_steps(a, sum(steps))
+        t0, n, dt = gradual_steps(sum(steps), 0.0, a.gmp_end, a.interval)
         ends = [sum(steps[: b + 1]) for b in range(T)]
-        return [cubic_density(e - e % dt, densities[-1], 1.0, 0, n, dt) for e in ends]
+        return [cubic_density(e - e % dt, densities[-1], 1.0, t0, n, dt) for e in ends]
     return [densities[-1]] * T
 
 

@@ -126,19 +126,12 @@ def app(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
 @register_strategy("gmp")
 def gmp(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
     a = ctx.acfg
-    dt, n = gmp_steps(a, ctx.total_steps)
-    cb = sparsity.GradualMagnitude(ctx.densities[-1], d_initial=1.0, t0=0, n=n, dt=dt,
+    # the final density is reached at gmp_end of the stream, pruning every interval steps
+    t0, n, dt = sparsity.gradual_steps(ctx.total_steps, 0.0, a.gmp_end, a.interval)
+    cb = sparsity.GradualMagnitude(ctx.densities[-1], d_initial=1.0, t0=t0, n=n, dt=dt,
                                    scope=a.scope, targets=ctx.targets)
     cb.setup(_Holder(model))
     return StrategySetup(model=model, masks=cb.masks, callbacks=[cb])
-
-
-def gmp_steps(acfg, total_steps: int) -> tuple[int, int]:
-    """(Δt, n) of the cubic schedule: the final density is reached at ``gmp_end`` of the
-    stream; Δt is ``interval`` unless the stream is too short for it."""
-    end = max(1, round(acfg.gmp_end * total_steps))
-    dt = max(1, min(acfg.interval, end))
-    return dt, max(1, end // dt)
 
 
 def _dynamic(kind: str, ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
