@@ -20,7 +20,8 @@ def _train(**sparsity) -> dict:
     return {"name": "pin-train", "seed": 1, "data": {**SYNTH, "val_fraction": 0.2},
             "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
             "optim": {"name": "sgd", "lr": 0.05}, "train": {**TRAIN, "select": "best"},
-            "sparsity": {"density": 0.3, "interval": 3, **sparsity}, "method": {"name": "train"}}
+            "sparsity": {"density": 0.3, "interval": 3, **sparsity},
+            "method": {"name": "train", "eval_train": True}}
 
 
 CASES: dict[str, dict] = {

@@ -27,7 +27,8 @@ from underbudget.train.distributed import RankShard, shard_bounds
 
 RTOL = 1e-4
 SPARSE = ["sparsity.method=rigl", "sparsity.density=0.3", "sparsity.interval=2",
-          "sparsity.t_end=0.9", "train.epochs=3", "data.options.n_train=255"]
+          "sparsity.t_end=0.9", "train.epochs=3", "data.options.n_train=255",
+          "method.eval_train=true"]
 
 
 def _images(n: int = 37, seed: int = 0) -> ImageSet:

@@ -18,6 +18,7 @@ def digits_cfg(**data):
         "model": {"name": "lenet5"},
         "optim": {"name": "sgd", "lr": 0.05, "schedule": "cosine"},
         "train": {"epochs": 6, "progress": False, "device": "cpu"},
+        "method": {"name": "train", "eval_train": True},
     }
     return load_config(values)
 

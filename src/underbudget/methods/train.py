@@ -33,7 +33,7 @@ class TrainMethodConfig(MethodConfig):
     name: str = "train"
     honours: ClassVar[tuple[str, ...]] = ("stream", "qat")
     save_weights: bool = True  # keep final weights (and masks) as safetensors artifacts
-    eval_train: bool = True  # clean (un-augmented) training accuracy for the generalization gap
+    eval_train: bool = False  # clean (un-augmented) training accuracy for the generalization gap
 
     def validate(self, cfg: ExperimentConfig) -> None:
         """Check the ``sparsity`` section this method applies (and the stream it runs over)."""

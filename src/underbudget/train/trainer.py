@@ -130,6 +130,13 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    def _eval_layout(self) -> bool | None:
+        """Channels-last for evaluation: as configured on CUDA; on a CPU wherever it helps
+        (None: conv weights switch layout for the pass only, see ``channels_last_plan``)."""
+        if self.device.type == "cuda":
+            return self.cfg.channels_last
+        return None if self.device.type == "cpu" else False
+
     def evaluate(self, loader, return_logits: bool = False) -> dict:
         """Evaluate the deployed network on ``loader`` (whole set)."""
         t0 = time.perf_counter()
@@ -139,7 +146,7 @@ class Trainer:
                        return_logits=return_logits,
                        forward=self.eval_forward if self.eval_forward is not None
                        else self._plain_forward if self.distributed else self.forward,
-                       channels_last=self.cfg.channels_last and self.device.type == "cuda")
+                       channels_last=self._eval_layout())
         self.timers["eval"] += time.perf_counter() - t0
         return out
 
