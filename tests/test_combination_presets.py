@@ -100,6 +100,12 @@ def test_rigl_kshot_vp_shows_the_budget_and_density_beside_vp(tmp_path, capsys):
     assert row["ECE"][0] is not None and row["deployed bytes"] > model["deployed bytes"]
     assert "vp-ilm" in printed and "deployed bytes" in printed
     assert f"report:  {path / 'report' / 'report.md'}" in printed
+    out = tmp_path / "pareto"  # the source's ECE: the one its experiment's report measured
+    assert main(["report", str(tmp_path / "stages"), "--out", str(out), "--pareto",
+                 "inference_flops", "--metric", "ece"]) == 0
+    table = (out / "pareto.md").read_text()
+    assert "3 run(s) placed" in table and "Not placed" not in table
+    assert f"| {model['source test ECE']:.4f} |" in table
 
 
 def test_gmp_ptq_lp_float_and_8bit_then_pareto_places_the_transfers(tmp_path, capsys):

@@ -2,8 +2,9 @@
 
 Quality is the headline metric of each run (:func:`underbudget.runs.headline.headline`):
 ``accuracy`` (higher is better) or ``ece`` (lower is better); a transfer stage's are its
-target accuracy and ECE; a run that records no ECE (a ``train`` source) takes the one a
-quantize stage below it measured on its float model, when there is one. The cost is one axis of
+target accuracy and ECE; a run that records no ECE (a ``train`` source, a lottery level)
+takes the one a quantize stage below it measured on its float model, else the one its
+composed experiment's report measured (``compose.json``), when there is one. The cost is one axis of
 ``costs`` (:mod:`.costs`), lower is better. A run is on the front when no other run is at
 least as good on both and strictly better on one; equal points are all on the front.
 
@@ -148,6 +149,29 @@ def _value(rec: Record, column: str) -> float | None:
         below = (_read_json(path) or {}).get(_MEASURED_BELOW[column])
         if isinstance(below, int | float) and math.isfinite(below):
             return float(below)
+    return _composed_value(rec.path, column)
+
+
+#: --metric column -> the column of a composed experiment's model rows that holds it
+_COMPOSE_COLUMNS = {"accuracy": "source test acc", "ECE": "source test ECE"}
+
+
+def _composed_value(run_dir: Path, column: str) -> float | None:
+    """The value a composed experiment's report measured for the stage at ``run_dir`` (its
+    ``compose.json``, beside the ``stages`` folder the stage lives in), else None."""
+    stages = next((p for p in run_dir.parents if p.name == "stages"), None)
+    if stages is None:
+        return None
+    here = run_dir.resolve()
+    for found in sorted([*stages.parent.glob("*/report/compose.json"),
+                         *stages.parent.glob("*/*/report/compose.json")]):
+        data = _read_json(found) or {}
+        root = (found.parent / str(data.get("root", "../../"))).resolve()
+        for row in data.get("models", []):
+            value = row.get(_COMPOSE_COLUMNS[column])
+            if (root / str(row.get("path"))).resolve() == here and isinstance(
+                    value, int | float) and math.isfinite(value):
+                return float(value)
     return None
 
 
