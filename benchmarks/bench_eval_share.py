@@ -30,10 +30,13 @@ def stage_times(path: Path) -> tuple[float, float, int]:
     ev = st = 0.0
     n = 0
     for metrics in path.rglob("metrics.jsonl"):
+        before = 0.0  # a trainer's evaluation timer runs across its stages: take differences
         for line in metrics.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             if row.get("event") == "stage_end" and "stage_time" in row:
-                ev += float(row.get("time_eval") or 0.0)
+                total = float(row.get("time_eval") or 0.0)
+                ev += total - before if total >= before else total
+                before = total
                 st += float(row["stage_time"])
                 n += 1
     return ev, st, n
