@@ -163,6 +163,12 @@ def test_imp_budget_transfer_every_level_by_lp_and_vp(tmp_path):
     assert rows == {(m["model"], t) for m in levels for t in ("lp", "vp-ilm")}
     assert all(r["source budget"] == "fraction 0.5" and r["ECE"][0] is not None
                for r in data["transfers"])
+    # dense level 0, 10 digits in and out: LP swaps a float 16x10 head for another one
+    (lp,) = [json.loads((tmp_path / p / "summary.json").read_text()) for p in data["stages"]
+             if "level-00/transfer/lp-" in p]
+    level0 = json.loads((tmp_path / data["stages"][0] / "summary.json").read_text())
+    assert lp["upstream_bytes_deployed"] == 4 * level0["params"]  # dense float32
+    assert lp["bytes_deployed"] == lp["upstream_bytes_deployed"]
 
 
 def test_a_sweep_of_a_combination_prints_every_child_and_shares_the_source(tmp_path, capsys):
