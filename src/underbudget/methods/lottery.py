@@ -19,9 +19,9 @@ from typing import Any
 
 from ..config import ExperimentConfig, MethodConfig, to_dict
 from ..errors import ConfigError, unknown
-from ..models import load_weights, save_weights
+from ..models import load_weights, read_state_dict, save_weights
 from ..runs import Run
-from ..sparsity import CRITERIA, SCOPES, MaskCallback, MaskSet, imp_densities, prune
+from ..sparsity import CRITERIA, SCOPES, MaskCallback, MaskSet, imp_densities, imp_step
 from ..train import Callback, resolve_device
 from ..utils.seeding import derive_seed, seed_everything
 from .common import build_model, eval_loader, make_trainer, prepare_data, train_loader
@@ -188,15 +188,12 @@ def run_lottery(cfg: ExperimentConfig, run: Run) -> dict:
         if child.is_finished():
             rows.append(child.read_summary())
             continue
-        masks = _level_masks(cfg, run, model, level, density, data, loader, device)
-        if level > 0:
-            if not rewind_path.exists():
-                raise ConfigError(
-                    f"the rewind point {rewind_path.name} was not saved: level 0 stopped before "
-                    f"step {k}; lower the step in method.rewind or turn off early stopping"
-                )
-            load_weights(model, rewind_path)
-        masks.apply(model)
+        if level > 0 and not rewind_path.exists():
+            raise ConfigError(
+                f"the rewind point {rewind_path.name} was not saved: level 0 stopped before "
+                f"step {k}; lower the step in method.rewind or turn off early stopping"
+            )
+        masks = _level_masks(cfg, run, model, level, density, data, loader, device, rewind_path)
         seed_everything(derive_seed(cfg.seed, "lottery-level", level), cfg.train.deterministic)
         child.start(to_dict(cfg), device=device)
         callbacks = [LevelMasks(masks, level, density, shape), TrainingFlops(masks, shape)]
@@ -223,14 +220,19 @@ def run_lottery(cfg: ExperimentConfig, run: Run) -> dict:
 
 
 def _level_masks(
-    cfg: ExperimentConfig, run: Run, model, level: int, density: float, data, loader, device
+    cfg: ExperimentConfig, run: Run, model, level: int, density: float, data, loader, device,
+    rewind_path: Path,
 ) -> MaskSet:
-    """Masks of ``level``: all kept at level 0; else the previous level's masks pruned by the
-    criterion on the previous level's trained weights (read from its artifacts)."""
+    """Masks of ``level``, applied to ``model``: all kept at level 0; else an IMP step
+    (:func:`~underbudget.sparsity.imp_step`): the previous level's masks pruned by the
+    criterion on its trained weights (read from its artifacts), the survivors rewound to the
+    weights at ``rewind_path``."""
     m = cfg.method
     targets = targets_of(m)
     if level == 0:
-        return MaskSet.from_model(model, targets)
+        masks = MaskSet.from_model(model, targets)
+        masks.apply(model)
+        return masks
     prev = run.child(level_name(level - 1))
     load_weights(model, prev.artifact("model.safetensors"))
     masks = MaskSet.load(prev.artifact("masks.safetensors"), model)
@@ -239,15 +241,8 @@ def _level_masks(
         return scoring_batches(cfg, data.train, loader, device, m.score_batches)
 
     opts = criterion_options(m.criterion, data_fn, tuple(data.image_shape))
-    return prune(
-        model,
-        density,
-        m.criterion,
-        m.scope,
-        masks=masks,
-        seed=derive_seed(cfg.seed, "lottery-prune", level),
-        **opts,
-    )
+    return imp_step(model, density, read_state_dict(rewind_path), m.criterion, scope=m.scope,
+                    masks=masks, seed=derive_seed(cfg.seed, "lottery-prune", level), **opts)
 
 
 def lottery_summary(rows: list[dict], m: LotteryConfig) -> dict:

@@ -39,7 +39,7 @@ from underbudget.sparsity.gradual import GradualMagnitude
 from underbudget.sparsity.interop import from_torch_prune, to_torch_prune
 from underbudget.sparsity.mask import MaskSet
 from underbudget.sparsity.measure import mask_report
-from underbudget.sparsity.prune import prune
+from underbudget.sparsity.prune import imp_step, prune
 from underbudget.sparsity.schedules import (
     SCHEDULES,
     cubic,
@@ -90,6 +90,7 @@ __all__ = [
     "profile_flops",
     "progressive_densities",
     "prunable_parameters",
+    "imp_step",
     "prune",
     "random",
     "register_criterion",

@@ -1,10 +1,12 @@
-"""One call to score, allocate and apply: ``prune(model, density, criterion, scope)``."""
+"""One call to score, allocate and apply: ``prune(model, density, criterion, scope)``; one IMP
+level (prune, rewind): :func:`imp_step`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from underbudget.errors import ConfigError, unknown
@@ -106,3 +108,19 @@ def score_synflow(scorer: SynFlowScorer, masks: MaskSet) -> dict[str, Tensor]:
             nan=-math.inf, posinf=math.inf, neginf=-math.inf
         )
     return out
+
+
+def imp_step(model: nn.Module, density: float, rewind: Mapping[str, Tensor],
+             criterion: str = "magnitude", **prune_kwargs: Any) -> MaskSet:
+    """One level of iterative magnitude pruning: prune the trained ``model`` to ``density``
+    (nested in ``masks`` when given, see :func:`prune`), rewind every tensor of its state to
+    ``rewind`` (a state dict: the initialisation or a late-rewinding point) and apply the
+    masks to the rewound weights. Returns the masks. The lottery method, the anytime ``imp``
+    strategy and compress_transfer's IMP variants all take this step."""
+    masks = prune(model, density, criterion, **prune_kwargs)
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, value in rewind.items():
+            state[key].copy_(value)
+    masks.apply(model)
+    return masks

@@ -82,7 +82,9 @@ def _masked(ctx: StreamContext, model: torch.nn.Module) -> tuple[Any, Callback]:
 
 
 def _prune(ctx: StreamContext, trainer, masks, density: float, b: int,
-           criterion: str | None = None) -> None:
+           criterion: str | None = None, rewind: dict | None = None) -> None:
+    """Prune to ``density`` before megabatch ``b``; with ``rewind`` (a state dict) an IMP
+    level (:func:`underbudget.sparsity.imp_step`): the survivors are rewound to it."""
     crit = criterion or ctx.acfg.criterion
     needs = sparsity.NEEDS.get(crit, ())
     data = ctx.score_batches(b) if "data" in needs else None
@@ -90,8 +92,12 @@ def _prune(ctx: StreamContext, trainer, masks, density: float, b: int,
     if ctx.on_scoring is not None:  # the cost meter reads the FLOPs of the unpruned network
         ctx.on_scoring(crit, examples)
     extra = {"input_shape": ctx.input_shape} if "input_shape" in needs else {}
-    sparsity.prune(trainer.model, density, criterion=crit, scope=ctx.acfg.scope, data=data,
-                   targets=ctx.targets, masks=masks, seed=ctx.seed + 7919 * (b + 1), **extra)
+    options = dict(scope=ctx.acfg.scope, data=data, targets=ctx.targets, masks=masks,
+                   seed=ctx.seed + 7919 * (b + 1), **extra)
+    if rewind is None:
+        sparsity.prune(trainer.model, density, criterion=crit, **options)
+    else:
+        sparsity.imp_step(trainer.model, density, rewind, criterion=crit, **options)
     trainer.log("prune", megabatch=b, criterion=crit, scheduled=density,
                 measured=masks.density(), scoring_examples=examples)
 
@@ -186,16 +192,11 @@ def imp(ctx: StreamContext, model: torch.nn.Module) -> StrategySetup:
     rewind = RewindPoint()
 
     def on_stage(trainer, b: int, phase: int) -> None:
-        net = trainer.model
         if phase == 0:
             rewind.pending = True
             return
-        _prune(ctx, trainer, masks, ctx.densities[b], b, criterion="magnitude")
-        state = net.state_dict()
-        with torch.no_grad():
-            for key, value in rewind.weights.items():
-                state[key].copy_(value)
-        masks.apply(net)
+        _prune(ctx, trainer, masks, ctx.densities[b], b, criterion="magnitude",
+               rewind=rewind.weights)
         trainer.log("rewind", megabatch=b)
 
     return StrategySetup(model=model, masks=masks, callbacks=[cb, rewind], on_stage=on_stage,

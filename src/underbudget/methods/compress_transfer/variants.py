@@ -30,7 +30,14 @@ from ...quant import (
 )
 from ...quant.qat import QAT_LAYERS
 from ...runs import Run
-from ...sparsity import GradualMagnitude, MaskCallback, MaskSet, prunable_parameters, prune
+from ...sparsity import (
+    GradualMagnitude,
+    MaskCallback,
+    MaskSet,
+    imp_step,
+    prunable_parameters,
+    prune,
+)
 from ...train import Trainer
 from ...utils.atomic import atomic_path
 from ...utils.seeding import derive_seed, seed_everything
@@ -241,10 +248,8 @@ def _imp(ctx: Context, source: nn.Module, level: int) -> None:
             load_weights(model, prev.artifact("model.safetensors"))
             masks = MaskSet.load(prev.artifact("masks.safetensors"), model)
         density = (1.0 - m.imp_rate) ** k
-        masks = prune(model, density, "magnitude", scope=m.prune_scope, masks=masks,
-                      seed=derive_seed(ctx.cfg.seed, "lottery-prune", k))
-        model.load_state_dict(rewind_weights(ctx))
-        masks.apply(model)
+        masks = imp_step(model, density, rewind_weights(ctx), scope=m.prune_scope, masks=masks,
+                         seed=derive_seed(ctx.cfg.seed, "lottery-prune", k))
         trainer = _fit(
             ctx, model, ctx.cfg.optim, run, ctx.cfg.train.epochs, f"imp-{k}", [MaskCallback(masks)],
             loader=ctx.source_train_loader("train"),
