@@ -76,7 +76,8 @@ def test_equal_values_on_both_sides_are_accepted():
 
 def test_train_method_over_a_stream_is_the_anytime_run_of_its_sparsity(tmp_path):
     sparsity = {"method": "gradual", "density": 0.3, "end": 0.75, "interval": 5}
-    train = _values({"name": "train", "eval_train": True}, sparsity=sparsity, stream={"megabatches": 3})
+    train = _values({"name": "train", "eval_train": True}, sparsity=sparsity,
+                    stream={"megabatches": 3})
     anytime = _values({"name": "anytime", "strategy": "gmp", "megabatches": 3,
                        "d_final": 0.3, "gmp_end": 0.75, "interval": 5})
     a = _summary(train, tmp_path / "train")
