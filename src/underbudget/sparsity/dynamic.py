@@ -35,6 +35,38 @@ from underbudget.utils.seeding import generator
 DECAYS = ("cosine", "constant")
 
 
+def update_size(mask: Tensor, fraction: float) -> int:
+    """How many weights a drop-and-grow update moves in a layer: ``fraction`` of the alive
+    ones, at most as many as are dead."""
+    alive = int(mask.count_nonzero())
+    return min(int(round(fraction * alive)), alive, mask.numel() - alive)
+
+
+def drop_and_grow(mask: Tensor, param: Tensor, growth: Tensor, k: int,
+                  regrow_dropped: bool = False) -> tuple[Tensor, Tensor]:
+    """One layer's drop and grow: the ``k`` alive weights of smallest magnitude are dropped
+    and the ``k`` best-scoring dead ones (``growth``, higher first; with ``regrow_dropped``
+    the just-dropped ones are candidates too) grown. Returns the flat old and new masks on
+    the parameter's device."""
+    m = mask.to(param.device).reshape(-1)
+    w = param.detach().reshape(-1).abs()
+    drop_idx = torch.topk(w.masked_fill(~m, math.inf), k, largest=False).indices
+    new = m.clone()
+    new[drop_idx] = False
+    candidates = ~new if regrow_dropped else ~m
+    g = growth.reshape(-1).to(device=param.device, dtype=torch.float32)
+    new[torch.topk(g.masked_fill(~candidates, -math.inf), k).indices] = True
+    return m, new
+
+
+def update_record(method: str, step: int, fraction: float, dropped: dict[str, int],
+                  grown: dict[str, int]) -> dict[str, Any]:
+    """What a drop-and-grow update logs: totals and per-layer counts."""
+    return {"method": method, "update_step": step, "drop_fraction": fraction,
+            "dropped": sum(dropped.values()), "grown": sum(grown.values()),
+            "layer_dropped": dropped, "layer_grown": grown}
+
+
 class DynamicSparse(MaskCallback):
     """Base of SET and RigL: drop by magnitude, grow by :meth:`grow_scores`."""
 
@@ -165,22 +197,13 @@ class DynamicSparse(MaskCallback):
         grown: dict[str, int] = {}
         for name, mask in self.masks.items():
             param = model.get_parameter(name)
-            alive = int(mask.count_nonzero())
-            k = min(int(round(fraction * alive)), alive, mask.numel() - alive)
+            k = update_size(mask, fraction)
             if k <= 0:
                 continue
             growth = self.grow_scores(name, param, self.steps)
             if growth is None:
                 continue
-            m = mask.to(param.device).reshape(-1)
-            w = param.detach().reshape(-1).abs()
-            drop_idx = torch.topk(w.masked_fill(~m, math.inf), k, largest=False).indices
-            new = m.clone()
-            new[drop_idx] = False
-            candidates = ~new if self.regrow_dropped else ~m
-            g = growth.reshape(-1).to(device=param.device, dtype=torch.float32)
-            grow_idx = torch.topk(g.masked_fill(~candidates, -math.inf), k).indices
-            new[grow_idx] = True
+            m, new = drop_and_grow(mask, param, growth, k, self.regrow_dropped)
             fresh = new & ~m
             param.data.view(-1).masked_fill_(fresh, 0)  # grown weights start at exactly 0
             new_masks[name] = new.reshape(mask.shape).to(mask.device)
@@ -191,13 +214,7 @@ class DynamicSparse(MaskCallback):
         self.ever_active = self.ever_active.union(self.masks)
         ever = self.ever_active.nonzeros() / max(self.ever_active.numel(), 1)
         self.last_update = {
-            "method": self.method,
-            "update_step": self.steps,
-            "drop_fraction": fraction,
-            "dropped": sum(dropped.values()),
-            "grown": sum(grown.values()),
-            "layer_dropped": dropped,
-            "layer_grown": grown,
+            **update_record(self.method, self.steps, fraction, dropped, grown),
             "ever_active": ever,
             "iou_previous": self.masks.iou(previous),
             "iou_initial": self.masks.iou(self.initial),

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ...sparsity import MaskSet, Targets, mask_report, profile_flops, prune
-from ...sparsity.dynamic import DynamicSparse
+from ...sparsity.dynamic import DynamicSparse, drop_and_grow, update_record, update_size
 from ...sparsity.enforce import MaskEnforcer
 from ...sparsity.targets import unwrap
 from ...train.callbacks import Callback
@@ -208,33 +208,17 @@ class SharedDynamic(Callback):
         fraction = ts.fraction(self.steps)
         new_masks, dropped, grown = {}, {}, {}
         for name, mask in masks.items():
-            alive = int(mask.count_nonzero())
-            k = min(int(round(fraction * alive)), alive, mask.numel() - alive)
+            k = update_size(mask, fraction)
             scores = self._scores(model, which, name, ts) if k > 0 else None
             if scores is None:
                 continue
-            param = model.get_parameter(name)
-            m = mask.to(param.device).reshape(-1)
-            w = param.detach().reshape(-1).abs()
-            drop = torch.topk(w.masked_fill(~m, math.inf), k, largest=False).indices
-            new = m.clone()
-            new[drop] = False
-            g = scores.reshape(-1).to(device=param.device, dtype=torch.float32)
-            new[torch.topk(g.masked_fill(m, -math.inf), k).indices] = True
+            m, new = drop_and_grow(mask, model.get_parameter(name), scores, k)
             new_masks[name] = new.reshape(mask.shape).to(mask.device)
             dropped[name] = int((m & ~new).count_nonzero())
             grown[name] = int((new & ~m).count_nonzero())
         if new_masks:
             masks.update(new_masks)
-        return {
-            "method": ts.growth,
-            "update_step": self.steps,
-            "drop_fraction": fraction,
-            "dropped": sum(dropped.values()),
-            "grown": sum(grown.values()),
-            "layer_dropped": dropped,
-            "layer_grown": grown,
-        }
+        return update_record(ts.growth, self.steps, fraction, dropped, grown)
 
     def weight_state(self) -> dict:
         """Both masks belong to the shared weights (restored with them; ``steps`` is not)."""
