@@ -5,12 +5,12 @@ A :class:`Trainer` owns a model, its optimizer and the run directory. Each call 
 one per megabatch). Every epoch ends with a checkpoint; when a run is started again after a
 crash, the trainer restores the last checkpoint, skips the stages already done and continues
 the interrupted stage from its last finished epoch, so the final weights equal those of an
-uninterrupted run.
+uninterrupted run. Saving and resuming are in :mod:`.checkpointing`, the choice of the epoch
+a stage ends with in :mod:`.selection`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnderbudgetError
-from ..utils.seeding import rng_state, set_rng_state
 from . import distributed
 from .callbacks import Callback
+from .checkpointing import Checkpointing
 from .evaluate import autocast, evaluate
 from .optim import build_optimizer, build_scheduler
+from .selection import EpochSelection, fresh_selection
 from .stage_parallel import StageParallel
 
 LossFn = Callable[["Trainer", torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -58,7 +59,7 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
-class Trainer:
+class Trainer(Checkpointing, EpochSelection):
     """Trains ``model`` stage by stage with callbacks, evaluation, checkpoints and resume.
 
     Args:
@@ -105,7 +106,7 @@ class Trainer:
         self._started = False
         self._resume: dict | None = None
         self._best: dict | None = None
-        self._es = _fresh_selection()
+        self._es = fresh_selection()
         self._last: dict = {}
         self.timers = {"train": 0.0, "eval": 0.0}  # cumulative seconds (wall clock)
 
@@ -149,66 +150,6 @@ class Trainer:
                        channels_last=self._eval_layout())
         self.timers["eval"] += time.perf_counter() - t0
         return out
-
-    # ----------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly (model, optimizer, RNG, callbacks...)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": rng_state(),
-            "stage": self.stage,
-            "epoch": self.epoch,
-            "step": self.step,
-            "stage_start_step": self.stage_start_step,
-            "stage_done": False,
-            "history": self.history,
-            "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks},
-            "best": self._best,
-            "es": dict(self._es),
-            "last": self._last,
-            "timers": dict(self.timers),
-        }
-
-    def _checkpoint(self, stage_done: bool) -> None:
-        if self.run is None or not self.cfg.checkpoint or not distributed.is_main_process():
-            return
-        state = self.state_dict()
-        state["stage_done"] = stage_done
-        self.run.save_checkpoint(state)
-
-    def _start(self) -> None:
-        keys = [cb.key for cb in self.callbacks]
-        clash = sorted({k for k in keys if keys.count(k) > 1})
-        if clash:
-            raise UnderbudgetError(
-                f"two callbacks share the checkpoint key {clash[0]!r}; give each its own "
-                "`name` so their states are saved apart")
-        self._started = True
-        if self.run is not None and self.cfg.checkpoint:
-            self._resume = self.run.load_checkpoint()
-        self.resumed = self._resume is not None
-        self._call("before_run")
-        if self._resume is None:
-            return
-        r = self._resume
-        self.model.load_state_dict(r["model"])
-        self.optimizer.load_state_dict(r["optimizer"])
-        self.step = int(r["step"])
-        self.history = list(r["history"])
-        self.timers.update(r.get("timers") or {})
-        for cb in self.callbacks:
-            if cb.key in r["callbacks"]:
-                cb.load_state_dict(r["callbacks"][cb.key])
-        set_rng_state(r["rng"])
-        self.stage = int(r["stage"])
-        self.log("resume", from_stage=int(r["stage"]), from_epoch=int(r["epoch"]))
-        where = (f"after stage {int(r['stage'])}" if r["stage_done"] else
-                 f"from stage {int(r['stage'])}, epoch {int(r['epoch']) + 1} "
-                 f"({int(r['epoch'])} done)")
-        if distributed.is_main_process():
-            print(f"resuming {where}: {self.run.path}", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------- training
     def fit(self, loader, epochs: int, *, val_loader=None, eval_loaders: dict | None = None,
@@ -256,7 +197,7 @@ class Trainer:
                 self.scheduler.load_state_dict(r["scheduler"])
                 for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
                     group["lr"] = lr
-            self._best, self._es = r["best"], {**_fresh_selection(), **r["es"]}
+            self._best, self._es = r["best"], {**fresh_selection(), **r["es"]}
             self._last = dict(r.get("last") or {})
             self._resume = None
         else:
@@ -265,7 +206,7 @@ class Trainer:
                 self.optimizer = self._build_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.optim_cfg,
                                              self.steps_per_epoch, epochs)
-            self._best, self._es = None, _fresh_selection()
+            self._best, self._es = None, fresh_selection()
             self.epoch = 0
             self.stage_start_step = self.step
             self._call("before_stage", stage)
@@ -397,56 +338,6 @@ class Trainer:
                 f"train.max_loss"
             )
 
-    def meets_constraints(self) -> bool:
-        """Whether the current model satisfies every callback's end-of-stage constraint."""
-        return all(cb.meets_constraints(self) for cb in self.callbacks)
-
-    def _track_best(self, metrics: dict, epoch: int, select: str, patience: int | None) -> bool:
-        """Track the best validation epoch among those that meet the constraints.
-
-        An epoch whose model does not yet meet them (e.g. a pruning schedule still running)
-        is neither a candidate nor counted against early-stopping patience.
-        """
-        met = self.meets_constraints()
-        metrics["meets_constraints"] = met
-        if not met:
-            self._es["excluded"] += 1
-            return False
-        self._es["candidates"] += 1
-        val = metrics.get("val_acc", -math.inf)
-        if val > self._es["best"] + self.cfg.min_delta or self._es["best_epoch"] < 0:
-            self._es.update(best=val, bad=0, best_epoch=epoch)
-            if select == "best":
-                self._best = {
-                    "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                    "weight_state": copy.deepcopy(
-                        {cb.key: cb.weight_state() for cb in self.callbacks}),
-                    "epoch": epoch,
-                }
-        else:
-            self._es["bad"] += 1
-        return patience is not None and self._es["bad"] >= patience
-
-    def _restore_best(self) -> None:
-        """Load the best epoch's weights and what belongs to them; counters stay as they are."""
-        self.model.load_state_dict(self._best["model"])
-        saved = self._best.get("weight_state") or {}
-        for cb in self.callbacks:
-            if saved.get(cb.key):
-                cb.load_weight_state(saved[cb.key])
-
-    def _selection(self, select: str) -> dict:
-        """Which epoch's weights the stage ends with, in the numbering progress lines print."""
-        es = self._es
-        chosen = select == "best" and self._best is not None
-        return {
-            "selection": "best" if chosen else "last",
-            "selected_epoch": self._best["epoch"] + 1 if chosen else self.epoch,
-            "selection_constrained": es["excluded"] > 0,
-            "candidate_epochs": es["candidates"],
-            "selection_fallback": select == "best" and not chosen,
-        }
-
     def _stage_metrics(self, last: dict, epochs: int, val_loader, eval_loaders: dict,
                        stopped_early: bool, t0: float, reuse: bool, select: str) -> dict:
         """Evaluate the stage's final (or restored best) weights; reuse the last epoch's
@@ -485,11 +376,6 @@ class Trainer:
             parts.append(f"{key[:-4]} {100 * m[key]:.2f}%")
         parts.append(f"{m['epoch_time']:.1f}s")
         print("  ".join(parts), file=sys.stderr, flush=True)
-
-
-def _fresh_selection() -> dict:
-    """Best-epoch and early-stopping bookkeeping of a stage."""
-    return {"best": -math.inf, "bad": 0, "best_epoch": -1, "excluded": 0, "candidates": 0}
 
 
 def _length(loader) -> int:
