@@ -2,7 +2,12 @@
 loaders, data budgets, and megabatch streams for anytime learning."""
 
 from underbudget.data.augment import Augment
-from underbudget.data.budget import fraction_indices, kshot_indices, split_validation
+from underbudget.data.budget import (
+    calibration_indices,
+    fraction_indices,
+    kshot_indices,
+    split_validation,
+)
 from underbudget.data.convert import convert_channels, resize_images
 from underbudget.data.imageset import ImageSet, Splits, channel_stats
 from underbudget.data.loader import BatchPipeline, Loader
@@ -36,6 +41,7 @@ __all__ = [
     "channel_stats",
     "conform",
     "convert_channels",
+    "calibration_indices",
     "fraction_indices",
     "kshot_indices",
     "list_datasets",

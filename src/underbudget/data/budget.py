@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from underbudget.errors import ConfigError, DataError
-from underbudget.utils.seeding import generator
+from underbudget.utils.seeding import derive_seed, generator
 
 
 def as_labels(labels: Any) -> torch.Tensor:
@@ -67,6 +67,14 @@ def fraction_indices(labels: Any, fraction: float, seed: int = 0) -> torch.Tenso
     return _sorted_cat(
         [idx[: max(1, _round(float(fraction) * idx.numel()))] for idx in orders.values()]
     )
+
+
+def calibration_indices(labels: Any, size: int, seed: int) -> torch.Tensor:
+    """The calibration draw: about ``size`` examples (class-balanced, at least one per class,
+    seeded by ``seed``) that activation ranges and steps start from, in PTQ and QAT alike."""
+    labels = torch.as_tensor(labels)
+    return fraction_indices(labels, min(1.0, size / max(1, labels.numel())),
+                            derive_seed(seed, "calibration"))
 
 
 def kshot_indices(

@@ -16,12 +16,11 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig
-from ..data import ImageSet, Loader
+from ..data import ImageSet, Loader, calibration_indices
 from ..quant.in_training import deploy, is_qat, precision_summary, prepare_for_training
 from ..sections import PrecisionConfig
 from ..sparsity import MaskSet
 from ..train.evaluate import evaluate
-from ..utils.seeding import generator
 
 
 def prepare_model(cfg: ExperimentConfig, model: nn.Module, sparse: bool,
@@ -45,11 +44,10 @@ def first_inputs(cfg: ExperimentConfig, images: ImageSet, mean: Any, std: Any,
 
 def calibration_loader(cfg: ExperimentConfig, images: ImageSet, mean: Any, std: Any,
                        device: Any) -> Loader:
-    """``precision.calib_size`` training images (a seeded draw, un-augmented)."""
-    n = len(images)
-    k = max(1, min(n, cfg.precision.calib_size))
-    pick = torch.randperm(n, generator=generator(cfg.seed, "calibration"))[:k]
-    batch = max(1, min(cfg.data.batch_size, k))
+    """About ``precision.calib_size`` training images, un-augmented: the calibration draw
+    (:func:`underbudget.data.calibration_indices`, the one PTQ calibrates on)."""
+    pick = calibration_indices(images.labels, cfg.precision.calib_size, cfg.seed)
+    batch = max(1, min(cfg.data.batch_size, pick.numel()))
     return Loader(images.subset(pick), batch, shuffle=False, mean=mean, std=std, device=device)
 
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ...data import fraction_indices
+from ...data import calibration_indices
 from ...models import load_weights, save_weights
 from ...quant import (
     QuantRecord,
@@ -177,9 +177,7 @@ def calibration_subset(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """About ``size`` training images of ``data`` (class-balanced, seeded by ``cfg.seed``),
     un-augmented, as evaluation batches: what activation ranges are calibrated on."""
-    labels = data.train.labels
-    frac = min(1.0, size / labels.numel())
-    idx = fraction_indices(labels, frac, derive_seed(cfg.seed, "calibration"))
+    idx = calibration_indices(data.train.labels, size, cfg.seed)
     return list(eval_loader(cfg, data.train.subset(idx), data.splits, device))
 
 
