@@ -41,7 +41,7 @@ from ..sparsity.cost import cost
 from ..train import resolve_device
 from ..utils.seeding import derive_seed, seed_everything
 from ..utils.typed import build_dataclass
-from .rundir import stage_run
+from .rundir import run_stage
 from .weights import QUANTIZE_STAGE, deployed, deployed_bytes
 
 
@@ -63,11 +63,7 @@ def _masked_counts(model: torch.nn.Module, masks) -> dict:
 def run_quantize(config: dict, root: str | Path) -> dict:
     """Run (or find finished) the quantize stage described by ``config`` under ``root``:
     ``path`` (its directory), ``upstream`` (the stage it quantizes), ``precision``."""
-    root = Path(root)
-    with stage_run(root / config["path"]) as run:
-        if run.is_finished():
-            return run.read_summary()
-        return _quantize(config, root, run)
+    return run_stage(config, root, _quantize)
 
 
 def _quantize(config: dict, root: Path, run: Run) -> dict:

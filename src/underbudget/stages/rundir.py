@@ -1,9 +1,10 @@
-"""A stage's run directory while it runs: locked, an earlier failure forgotten (retried)."""
+"""A stage's run directory while it runs: locked, an earlier failure forgotten (retried);
+a finished stage read back instead of run again."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..runs.failures import forget_failure
@@ -20,3 +21,14 @@ def stage_run(directory: str | Path) -> Iterator[Run]:
         run = Run(directory)
         forget_failure(run)
         yield run
+
+
+def run_stage(config: dict, root: str | Path,
+              body: Callable[[dict, Path, Run], dict]) -> dict:
+    """The summary of the stage at ``root / config["path"]``: read back when the stage has
+    finished, else ``body(config, root, run)`` under :func:`stage_run`."""
+    root = Path(root)
+    with stage_run(root / config["path"]) as run:
+        if run.is_finished():
+            return run.read_summary()
+        return body(config, root, run)

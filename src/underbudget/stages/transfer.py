@@ -47,7 +47,7 @@ from ..sections import PrecisionConfig, StreamConfig, TransferConfig
 from ..sparsity.cost import _tensor_bytes, cost
 from ..utils.seeding import derive_seed, seed_everything
 from .plan import transfer_settings
-from .rundir import stage_run
+from .rundir import run_stage
 from .weights import Deployed, deployed, deployed_bytes
 
 TRANSFER_STAGE = "transfer"
@@ -140,11 +140,7 @@ def run_transfer(config: dict, root: str | Path) -> dict:
     """Run (or find finished) the transfer described by ``config`` under ``root``: ``path``,
     ``upstream`` (a stage directory), ``label`` (the upstream's name in reports), ``target``
     and ``options`` (the transfer section's), ``method``, ``budget`` and ``seed``."""
-    root = Path(root)
-    with stage_run(root / config["path"]) as run:
-        if run.is_finished():
-            return run.read_summary()
-        return _transfer(config, root, run)
+    return run_stage(config, root, _transfer)
 
 
 def _transfer(config: dict, root: Path, run: Run) -> dict:
