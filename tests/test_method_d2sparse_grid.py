@@ -10,10 +10,12 @@ import torch
 
 from conftest import has_fashion
 from underbudget.cli import main
-from underbudget.config import load_config, to_yaml
-from underbudget.errors import ConfigError
+from underbudget.config import load_config, run_name, to_yaml
+from underbudget.errors import ConfigError, UnderbudgetError
+from underbudget.experiment.compile import compile_experiment
 from underbudget.methods.common import prepare_data
-from underbudget.methods.d2sparse.grid import grid_children, imp_schedule
+from underbudget.methods.d2sparse.grid import grid_children, imp_schedule, run_grid
+from underbudget.runs import Run
 
 BASE = {
     "name": "grid",
@@ -177,3 +179,16 @@ def test_demo_preset_runs_on_fashion_mnist(tmp_path):
     assert summary["runs"] == 6 and summary["failed"] == 0
     assert all(acc > 0.5 for acc in summary["acc"].values())  # far above chance (0.1)
     assert "| D2-Sparse (S) |" in (run / "report/report.md").read_text()
+
+
+def test_the_grid_compiles_to_one_task_per_child_and_a_summary_after_them(tmp_path):
+    cfg = load_config(json.loads(json.dumps(BASE)))
+    graph = compile_experiment(cfg)
+    top = run_name(cfg)
+    kids = [f"{top}/{slug}" for slug, _ in grid_children(cfg)]
+    assert sorted(graph.tasks) == sorted(kids + [top])
+    assert all(graph.tasks[k].kind == "run" and graph.tasks[k].deps == [] for k in kids)
+    assert graph.tasks[top].kind == "run" and sorted(graph.tasks[top].deps) == sorted(kids)
+    assert [t.id for t in graph.order()][-1] == top
+    with pytest.raises(UnderbudgetError, match="have not finished"):
+        run_grid(cfg, Run(tmp_path / top))  # the summary never runs its children itself
