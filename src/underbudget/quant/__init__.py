@@ -5,6 +5,7 @@ from underbudget.quant.activation import (
     activation_quantizers,
     attach_input_quantizer,
     calibrate,
+    input_quantized_layers,
     insert_activation_quantizers,
 )
 from underbudget.quant.fake import QuantRecord, fake_quantize, quantize_model, quantize_weights
@@ -32,6 +33,7 @@ __all__ = [
     "calibrate",
     "convert",
     "fake_quantize",
+    "input_quantized_layers",
     "insert_activation_quantizers",
     "lsq_fake_quantize",
     "prepare_qat",

@@ -9,7 +9,7 @@ inputs that were never negative, symmetric ``clamp(round(x / s), -Qp, Qp) * s`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -210,6 +210,15 @@ def insert_activation_quantizers(
 def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
     """All activation quantizers in ``model`` by module name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, ActivationQuantizer)}
+
+
+def input_quantized_layers(model: nn.Module | Mapping[str, Tensor]) -> list[str]:
+    """Names of the layers whose input is fake-quantized, of a model or of its state dict
+    (whose keys then hold ``<layer>.input_quantizer.*``)."""
+    marker = f".{INPUT_QUANTIZER}"
+    if isinstance(model, nn.Module):
+        return [n.removesuffix(marker) for n in activation_quantizers(model)]
+    return sorted({k.split(marker + ".")[0] for k in model if marker + "." in k})
 
 
 def _batch_inputs(batch: Any) -> Any:

@@ -30,10 +30,10 @@ from ..methods.compress_transfer.source import test_calibration
 from ..methods.compress_transfer.variants import (
     calibration_subset,
     post_training_quantize,
-    quant_layout,
     weight_levels,
 )
 from ..models import save_weights
+from ..quant import input_quantized_layers
 from ..quant.in_training import precision_summary
 from ..runs import Run
 from ..sections import PrecisionConfig
@@ -104,7 +104,7 @@ def _quantize(config: dict, root: Path, run: Run) -> dict:
         "stage": QUANTIZE_STAGE, "method": "ptq", "name": cfg.name, "seed": cfg.seed,
         "upstream": config["upstream"], "label": config["label"],
         "source_method": cfg.method.name,
-        "bits": p.weight_bits, "act_bits": p.act_bits, "act_layers": quant_layout(qmodel),
+        "bits": p.weight_bits, "act_bits": p.act_bits, "act_layers": input_quantized_layers(qmodel),
         "weight_levels_max": levels, "bits_measured": math.ceil(math.log2(levels + 1)),
         "test_acc": after["source_test_acc"], "test_ece": after["source_test_ece"],
         "test_nll": after["source_test_nll"], "test_loss": after["source_test_loss"],

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..export.grid import recover_grid
 from ..export.layout import encode, encode_quantized, export_bytes
 from ..models import read_state_dict
-from ..quant import insert_activation_quantizers
+from ..quant import input_quantized_layers, insert_activation_quantizers
 from ..runs.deployed import locate
 from ..sparsity import MaskSet
 from ..utils.tensorfile import safetensors_bytes
@@ -115,12 +115,6 @@ def deployed(path: str | Path) -> Deployed:
         out.act_layers = input_quantized_layers(out.state)
         out.act_bits = summary.get("act_bits") if out.act_layers else None
     return out
-
-
-def input_quantized_layers(state: dict[str, Tensor]) -> list[str]:
-    """Layers whose input a stored model fake-quantizes (they hold ``input_quantizer.*``)."""
-    marker = ".input_quantizer."
-    return sorted({k.split(marker)[0] for k in state if marker in k})
 
 
 def deployed_bytes(state: dict[str, Tensor], bits: int | None = None,

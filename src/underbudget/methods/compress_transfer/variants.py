@@ -22,8 +22,8 @@ from ...data import calibration_indices
 from ...models import load_weights, save_weights
 from ...quant import (
     QuantRecord,
-    activation_quantizers,
     convert,
+    input_quantized_layers,
     insert_activation_quantizers,
     prepare_qat,
     quantize_model,
@@ -46,7 +46,6 @@ from .config import CompressTransferConfig, imp_level, parse_quant
 from .context import Context
 from .source import SOURCE, fresh_model, rewind_weights, source_calibration
 
-INPUT_QUANTIZER = "input_quantizer"
 STEPS_FILE = "weight_steps.safetensors"  # QAT variants: the learned step of every layer
 
 
@@ -120,12 +119,6 @@ def weight_levels(model: nn.Module) -> int:
         for row in rows:
             most = max(most, int(torch.unique(row).numel()))
     return most
-
-
-def quant_layout(model: nn.Module) -> list[str]:
-    """Names of the layers whose input is fake-quantized."""
-    suffix = f".{INPUT_QUANTIZER}"
-    return [n.removesuffix(suffix) for n in activation_quantizers(model)]
 
 
 def _measure(ctx: Context, spec: VariantSpec, model: nn.Module) -> dict:
@@ -326,7 +319,7 @@ def build_variant(ctx: Context, spec: VariantSpec, source: nn.Module) -> dict:
         model = _qat(ctx, spec, source, run)
     summary = _measure(ctx, spec, model)
     summary["weights_run"] = weights_run
-    summary["act_layers"] = quant_layout(model)
+    summary["act_layers"] = input_quantized_layers(model)
     summary["time"] = time.perf_counter() - t0
     run.write_summary(summary)
     return summary
