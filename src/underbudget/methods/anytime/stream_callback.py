@@ -11,6 +11,7 @@ import torch
 from ... import sparsity
 from ...metrics.anytime import gap_paper
 from ...quant.in_training import is_qat, quantized_density
+from ...sparsity.cost import training_flops
 from ...sparsity.prune import SYNFLOW_ITERATIONS
 from ...train.callbacks import Callback
 
@@ -131,7 +132,7 @@ class StreamCallback(Callback):
     def after_step(self, trainer, outputs: dict) -> None:
         _, nonzero = self._measure()
         n = int(getattr(trainer, "step_examples", 0) or outputs["labels"].numel())  # global
-        self.counts["train_flops"] += 3.0 * nonzero * n * self.setup.train_cost_factor
+        self.counts["train_flops"] += training_flops(nonzero, n) * self.setup.train_cost_factor
         self.counts["train_samples"] += n
 
     def after_epoch(self, trainer, metrics: dict) -> None:
