@@ -15,10 +15,11 @@ from torch.nn.utils import prune as torch_prune
 
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
+from underbudget.experiment.launch import run_experiment
 from underbudget.methods import sparse_setup
+from underbudget.methods import train as train_method
 from underbudget.methods.common import build_model, prepare_data
 from underbudget.runs import Run
-from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet, at_init
 from underbudget.sparsity.allocation import keep_count
 from underbudget.train import Callback
@@ -73,7 +74,7 @@ def probe(monkeypatch):
             callbacks = [*callbacks, probes[-1]]
         return callbacks, masks
 
-    monkeypatch.setattr(sparse_setup, "sparse_callbacks", wrapped)
+    monkeypatch.setattr(train_method, "sparse_callbacks", wrapped)  # the name it calls
     return probes
 
 
@@ -241,7 +242,7 @@ def killed_then_resumed(monkeypatch, cfg, root):
         callbacks, masks = original(*args)
         return [*callbacks, Kill(20)] if kill["on"] else callbacks, masks
 
-    monkeypatch.setattr(sparse_setup, "sparse_callbacks", with_kill)
+    monkeypatch.setattr(train_method, "sparse_callbacks", with_kill)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, root / "a", quiet=True)
     kill["on"] = False
