@@ -3,14 +3,13 @@ seeds) as a table, a CSV and a plot on a log density axis."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import defaultdict
 from pathlib import Path
 
 from ..report import group_by_setting, markdown, mean_std, numeric_keys, summarize
-from ..report.table import fmt
-from ..utils.atomic import atomic_path, write_text
+from ..report.plots import save_png
+from ..report.table import csv_text, fmt
+from ..utils.atomic import write_text
 
 
 def lottery_report(records: list, out_dir: Path, options: dict) -> dict:
@@ -98,13 +97,9 @@ def lottery_report(records: list, out_dir: Path, options: dict) -> dict:
             errs.append(stats["test_acc"][1])
         lines.append("")
         series[label] = (xs, ys, errs)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(
-        ["setting", "level", "seeds"] + [f"{key}{s}" for key, _ in cols for s in ("_mean", "_std")]
-    )
-    writer.writerows(csv_rows)
-    write_text(out_dir / "lottery_levels.csv", buf.getvalue())
+    header = ["setting", "level", "seeds"] + [
+        f"{key}{s}" for key, _ in cols for s in ("_mean", "_std")]
+    write_text(out_dir / "lottery_levels.csv", csv_text(header, csv_rows))
     plot = plot_levels(series, out_dir / "lottery_test_acc_vs_density.png")
     return {
         "markdown": "\n".join(lines) + "\n",
@@ -158,8 +153,4 @@ def plot_levels(series: dict, path: Path) -> Path:
     ax.set_title("Lottery tickets: test accuracy vs density")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def save_png(fig, path: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` as PNG (atomically) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _pyplot().close(fig)
+    return path
+
+
 def line_plot(series: Series, path: str | Path, *, xlabel: str, ylabel: str, title: str = "",
               fill_area: bool = False, logx: bool = False, styles: dict | None = None) -> Path:
     """Lines ``label -> (x, mean, std or None)``; std drawn as a band; optional area fill."""
@@ -43,9 +53,4 @@ def line_plot(series: Series, path: str | Path, *, xlabel: str, ylabel: str, tit
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
