@@ -12,8 +12,8 @@ import pytest
 from safetensors.torch import load_file
 
 from underbudget.config import load_config
-from underbudget.methods.anytime import strategies
 from underbudget.experiment.launch import run_experiment
+from underbudget.methods.anytime import strategies
 from underbudget.sparsity import MaskSet
 
 IN, HIDDEN, CLASSES, EPOCHS, T = 64, 16, 4, 3, 3

@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 from underbudget import sparsity
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
+from underbudget.experiment.launch import run_experiment
 from underbudget.methods.anytime import plan_stream
 from underbudget.methods.anytime.run import score_indices
 from underbudget.methods.common import eval_loader, prepare_data
 from underbudget.metrics import MetricInputError
 from underbudget.metrics.anytime import anytime_summary, gap_paper
 from underbudget.models import create_model
-from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 
 

@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from underbudget.config import load_config
+from underbudget.experiment.launch import run_experiment
 from underbudget.models import load_weights
 from underbudget.report import collect
 from underbudget.report.costs import AXES, run_costs
-from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 
 # the tiny preset's MLP: 64 inputs -> 32 hidden (ReLU) -> 4 classes; 256 examples, 2 epochs

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from underbudget.cli import main
 from underbudget.config import load_config
+from underbudget.experiment.launch import run_experiment
 from underbudget.export import decode, encode, export_run, load_model, read_export, recover_grid
 from underbudget.export.layout import encode_quantized
 from underbudget.models import create_model
 from underbudget.quant import convert, insert_activation_quantizers, prepare_qat, quantize_model
-from underbudget.experiment.launch import run_experiment
 
 QUIET = ["--quiet", "train.progress=false"]
 

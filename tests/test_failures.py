@@ -11,9 +11,8 @@ import pytest
 import underbudget.methods.train as train_method
 from underbudget.cli import main
 from underbudget.config import load_config
-from underbudget.experiment.launch import launch
+from underbudget.experiment.launch import launch, run_experiment
 from underbudget.runs import Run
-from underbudget.experiment.launch import run_experiment
 
 LOTTERY = ["method.name=lottery", "method.levels=1", "train.epochs=1", "train.device=cpu"]
 

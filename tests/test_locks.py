@@ -16,8 +16,8 @@ import pytest
 
 from underbudget.cli import main
 from underbudget.config import load_config, run_name
-from underbudget.runs import Run
 from underbudget.experiment.launch import run_experiment
+from underbudget.runs import Run
 from underbudget.runs.lock import RunLocked, hold_run, is_locked, lock_file
 
 RUN = ["train.epochs=6", "data.options.n_train=1024", "train.device=cpu"]

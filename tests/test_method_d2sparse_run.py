@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from underbudget.config import load_config
+from underbudget.experiment.launch import run_experiment
 from underbudget.methods.common import eval_loader, prepare_data
 from underbudget.methods.d2sparse.evolution import MaskEvolution
 from underbudget.models import create_model, load_weights
 from underbudget.report import write_report
-from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet, cost, training_flops
 from underbudget.train.evaluate import evaluate
 

@@ -14,10 +14,10 @@ from torch.nn.utils import prune as torch_prune
 from conftest import has_fashion
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
+from underbudget.experiment.launch import run_experiment
 from underbudget.methods import lottery
 from underbudget.methods.common import build_model, prepare_data
 from underbudget.runs import Run
-from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import MaskSet
 from underbudget.train import Callback
 

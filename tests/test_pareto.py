@@ -10,8 +10,8 @@ import torch
 
 from underbudget.cli import main
 from underbudget.config import load_config
-from underbudget.report.pareto import FRONT_MARK, pareto_front
 from underbudget.experiment.launch import run_experiment
+from underbudget.report.pareto import FRONT_MARK, pareto_front
 
 
 def brute_force(costs, values, maximize):

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 from underbudget import sparsity
 from underbudget.config import load_config
+from underbudget.experiment.launch import run_experiment
 from underbudget.models import create_model
 from underbudget.quant import convert
 from underbudget.quant.in_training import prepare_for_training
 from underbudget.quant.qat import LSQQuantizer
-from underbudget.experiment.launch import run_experiment
 from underbudget.sections import PrecisionConfig
 from underbudget.sparsity import MaskSet
 from underbudget.train.trainer import Trainer

@@ -18,8 +18,8 @@ import pytest
 
 from underbudget.config import flatten, load_config
 from underbudget.errors import ConfigError, MissingDependencyError
-from underbudget.runs import Run
 from underbudget.experiment.launch import run_experiment
+from underbudget.runs import Run
 
 INSTALLED = [n for n in ("tensorboard", "wandb", "mlflow") if importlib.util.find_spec(n)]
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from underbudget.cli import main as cli_main
 from underbudget.config import load_config
 from underbudget.errors import ConfigError
-from underbudget.models import read_state_dict
 from underbudget.experiment.launch import run_experiment
+from underbudget.models import read_state_dict
 from underbudget.sparsity import MaskSet
 
 TINY = {
