@@ -34,10 +34,10 @@ from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, Dataset
 
 from underbudget.config import load_config
+from underbudget.experiment.launch import run_experiment
 from underbudget.methods.anytime.plan import plan_stream
 from underbudget.methods.common import prepare_data
 from underbudget.models import create_model
-from underbudget.experiment.launch import run_experiment
 from underbudget.sparsity import keep_count, progressive_densities
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from underbudget.config import load_config
-from underbudget.methods.compress_transfer.results import load_study
 from underbudget.experiment.launch import run_experiment
+from underbudget.methods.compress_transfer.results import load_study
 
 
 def _mean(values: list[float]) -> float:
