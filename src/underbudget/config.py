@@ -69,7 +69,7 @@ PLATFORM_KEYS: tuple[str, ...] = (
     "resources",  # CPUs and GPUs each task asks of the executor
 )
 #: evaluations that ``train.curves`` can ask for every ``train.eval_every`` epochs
-CURVES = ("test", "train")
+CURVES = ("val", "test", "train")
 #: the run directory name is ``<name>-<hash>``; file systems allow 255 bytes per name
 MAX_NAME_LENGTH = 200
 
@@ -140,7 +140,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     eval_every: int = 1  # epochs between validation evaluations (0: only at a stage's end)
-    # evaluations also run every eval_every epochs, for learning curves (e.g. [test, train]);
+    # evaluations also run every eval_every epochs, for learning curves (e.g. [val, test]);
     # by default test and train sets are evaluated once, at the end of each stage, on the
     # weights the stage keeps
     curves: list[str] = field(default_factory=list)

@@ -221,13 +221,18 @@ class Trainer(Checkpointing, EpochSelection):
             self.epoch = epoch
             last = self._train_epoch(loader, epochs)
             if self._due(epoch, epochs):
-                if val_loader is not None:
+                # validation every eval_every epochs only where it chooses something (best
+                # epoch, early stopping) or is asked for as a curve; else once, at the end
+                validate = val_loader is not None and (
+                    epoch == epochs - 1 or select == "best" or patience is not None
+                    or "val" in self.cfg.curves)
+                if validate:
                     last.update(_prefixed("val", self.evaluate(val_loader)))
                 if self.cfg.eval_every > 0:
                     for name in epoch_evals:
                         if name in eval_loaders:
                             last.update(_prefixed(name, self.evaluate(eval_loaders[name])))
-                if val_loader is not None:
+                if validate:
                     stopped_early = self._track_best(last, epoch, select, patience)
             self.log("epoch", **last)
             self._print_epoch(last, epochs)
