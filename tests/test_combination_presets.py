@@ -23,7 +23,7 @@ from underbudget.stages.report import measured_ece
 
 DIGITS = ["data.name=digits", "data.limit=null", "data.test_limit=200"]
 STREAM = [*DIGITS, "data.batch_size=64", "stream.megabatches=2", "train.epochs=1",
-          "method.tau=1"]
+          "sparsity.density=0.8", "sparsity.progressive.tau=1"]
 SMALL_CONVNET = ["model.kwargs.widths=[8,16]"]
 COSTS = ("train_flops", "inference_flops", "deployed_bytes", "examples_seen", "wall_time")
 
@@ -66,10 +66,10 @@ def test_app_qat4_float_against_4bit_qat_on_one_stream(tmp_path):
 
 
 def test_d2sparse_stream_app_and_d2_on_the_same_stream(tmp_path):
-    cfg = load_config("d2sparse-stream", [*STREAM, "method.interval=5"])
+    cfg = load_config("d2sparse-stream", [*STREAM, "sparsity.interval=5"])
     assert kinds(compile_experiment(cfg)) == {"run": 2, "report": 1}
     path = run_experiment(cfg, tmp_path, quiet=True)
-    app, d2 = child(path, "strategy-app"), child(path, "strategy-d2sparse")
+    app, d2 = child(path, "method-progressive"), child(path, "method-dual_dynamic")
     for s in (app, d2):
         assert s["num_stages"] == 2 and s["cer_rate"] > 0
         assert s["final_density_measured"] == pytest.approx(0.8, abs=1e-3)
@@ -144,7 +144,7 @@ def test_gmp_ptq_lp_float_and_8bit_then_pareto_places_the_transfers(tmp_path, ca
 
 def test_imp_budget_transfer_every_level_by_lp_and_vp(tmp_path):
     overrides = [*DIGITS, *SMALL_CONVNET, "data.image_size=16", "data.fraction=0.5",
-                 "train.epochs=1", "method.levels=2", "method.rewind=step:2",
+                 "train.epochs=1", "sparsity.density=0.25", "sparsity.iterative.rewind=step:2",
                  "transfer.budgets=[3shot]", "transfer.seeds=[0]",
                  "transfer.options.lp={epochs: 2, min_steps: 4}",
                  "transfer.options.vp={epochs: 1, min_steps: 4, r: 8}"]

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "underbudget.sections": 0,
     "underbudget.config": 0,
     "underbudget.config_sources": 0,
+    "underbudget.schedule_registry": 0,
     # 1: libraries on any nn.Module, the training loop, the run directory
     "underbudget.data": 1,
     "underbudget.models": 1,

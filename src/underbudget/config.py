@@ -30,6 +30,7 @@ from .config_sources import (
     set_dotted,
 )
 from .errors import ConfigError, unknown
+from .schedule_registry import check_honoured, lower_schedule, register_schedule
 from .sections import (
     ExecutorConfig,
     PrecisionConfig,
@@ -46,8 +47,8 @@ __all__ = [  # the config API, re-exports from config_sources included
     "TRACK_BACKENDS", "TrackConfig", "TrainConfig", "WANDB_MODES", "apply_overrides",
     "check_repeated", "config_hash", "flatten", "from_dict", "get_dotted", "is_platform_key",
     "list_presets", "load_config", "load_yaml", "method_config_class", "non_defaults",
-    "parse_override", "presets_dir", "register_method_config", "resolve_source", "run_name",
-    "set_dotted", "to_dict", "to_yaml", "validate",
+    "parse_override", "presets_dir", "register_method_config", "register_schedule",
+    "resolve_source", "run_name", "set_dotted", "to_dict", "to_yaml", "validate",
 ]
 
 #: Settings that choose where and how a run executes, not what it computes: they are left out
@@ -154,9 +155,14 @@ class TrainConfig:
 
 @dataclass
 class SparsityConfig:
-    """Sparsity applied by the plain ``train`` method (other methods have their own)."""
+    """How weights become sparse, on the run's time axis (steps; stages of a ``stream``).
 
-    method: str = "none"  # none | prune_at_init | gradual | set | rigl | static
+    ``method`` is the schedule; ``progressive`` (APP), ``iterative`` (IMP) and
+    ``dual_dynamic`` (D2-Sparse) read their own settings from the mapping of that name
+    (see :mod:`underbudget.schedule_registry`).
+    """
+
+    method: str = "none"  # none|prune_at_init|static|gradual|set|rigl|progressive|iterative|...
     density: float = 1.0
     criterion: str = "magnitude"
     scope: str = "global"
@@ -171,7 +177,10 @@ class SparsityConfig:
     interval: int = 100  # steps between mask updates (gradual, set, rigl)
     alpha: float = 0.3  # set/rigl drop fraction
     t_end: float = 0.75  # set/rigl: fraction of training after which masks freeze
-    init: str = "erk"  # set/rigl/static initial allocation
+    init: str = "erk"  # set/rigl/static/dual_dynamic initial allocation
+    progressive: dict = field(default_factory=dict)  # APP: d_start, shape, tau, score_* ...
+    iterative: dict = field(default_factory=dict)  # IMP: rate, levels, rewind
+    dual_dynamic: dict = field(default_factory=dict)  # D2-Sparse: fast_*, slow_*, lambda_* ...
 
 
 TRACK_BACKENDS = ("tensorboard", "wandb", "mlflow")
@@ -267,6 +276,7 @@ def from_dict(values: dict) -> ExperimentConfig:
     cfg = _build(ExperimentConfig, values, "")
     cls = method_config_class(method.get("name", "train"))
     cfg.method = _build(cls, method, "method")
+    cfg = lower_schedule(cfg)
     validate(cfg)
     return cfg
 
@@ -370,23 +380,10 @@ def validate(cfg: ExperimentConfig) -> None:
             f"sparsity.density must be in (0, 1] (fraction of weights kept), "
             f"got {cfg.sparsity.density}"
         )
-    _check_honoured(cfg)
+    check_honoured(cfg)
     for key, values in cfg.sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
     check = getattr(cfg.method, "validate", None)
     if callable(check):
         check(cfg)
-
-
-def _check_honoured(cfg: ExperimentConfig) -> None:
-    """Refuse a stream or QAT asked of a method that does not apply it."""
-    honours = type(cfg.method).honours
-    asked = {"stream": cfg.stream.enabled, "qat": cfg.precision.mode == "qat"}
-    for what, on in asked.items():
-        if on and what not in honours:
-            key = "stream.megabatches" if what == "stream" else "precision.mode=qat"
-            raise ConfigError(
-                f"method {cfg.method.name!r} does not apply {key}; the methods that do are "
-                f"'train' and 'anytime' (train over a stream with sparsity.method, or "
-                f"method.strategy) — remove {key} or change method.name")

@@ -13,11 +13,12 @@ training; finished levels are read back, not trained again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ExperimentConfig, MethodConfig, to_dict
+from ..config import ExperimentConfig, MethodConfig, register_schedule, to_dict
 from ..errors import ConfigError, unknown
 from ..models import load_weights, read_state_dict, save_weights
 from ..runs import Run
@@ -38,7 +39,8 @@ from .sparse_setup import (
 #: per-level values kept in the parent summary's ``levels`` table
 __all__ = [
     "LEVEL_KEYS", "LevelMasks", "LotteryConfig", "RewindSaver", "level_densities", "level_name",
-    "lottery_report", "lottery_summary", "plot_levels", "rewind_step", "run_lottery",
+    "lottery_from_sparsity", "lottery_report", "lottery_summary", "plot_levels", "rewind_step",
+    "run_lottery",
 ]
 
 LEVEL_KEYS = (
@@ -97,11 +99,46 @@ class LotteryConfig(MethodConfig):
         if self.score_batches < 1:
             raise ConfigError(f"method.score_batches must be >= 1, got {self.score_batches}")
         rewind_step(self.rewind)
-        if cfg.sparsity.method != "none":
+        if cfg.sparsity.method not in ("none", "iterative"):
             raise ConfigError(
                 f"the lottery method prunes by its own settings (method.levels, method.rate, "
                 f"method.criterion, ...); remove sparsity.method={cfg.sparsity.method}"
             )
+
+
+#: ``sparsity.iterative`` settings; the others come from the ``sparsity`` section itself
+ITERATIVE_KEYS = ("rate", "levels", "rewind")
+
+
+def lottery_from_sparsity(cfg: ExperimentConfig) -> LotteryConfig:
+    """The lottery settings that run ``sparsity.method: iterative`` on one training.
+
+    ``sparsity.density`` is the last level's: with ``iterative.levels`` unset the number of
+    levels is the one whose density (1 - rate)^levels is ``density`` (within 1 %).
+    """
+    s, it = cfg.sparsity, dict(cfg.sparsity.iterative)
+    for key in it:
+        if key not in ITERATIVE_KEYS:
+            raise unknown("sparsity.iterative setting", key, ITERATIVE_KEYS)
+    rate = float(it.get("rate", LotteryConfig.rate))
+    if not 0.0 < rate < 1.0:
+        raise ConfigError(f"sparsity.iterative.rate must be in (0, 1), got {rate}")
+    if not 0.0 < s.density < 1.0:
+        raise ConfigError(f"sparsity.method=iterative needs sparsity.density in (0, 1) (the "
+                          f"last level's), got {s.density}")
+    levels = it.get("levels")
+    if levels is None:
+        levels = max(1, round(math.log(s.density) / math.log(1.0 - rate)))
+    if not math.isclose((1.0 - rate) ** levels, s.density, rel_tol=0.01):
+        raise ConfigError(
+            f"sparsity.density={s.density} is not reached by IMP at rate {rate}: {levels} "
+            f"levels keep {(1.0 - rate) ** levels:.6g}; set sparsity.density to that, or "
+            f"choose sparsity.iterative.rate / levels")
+    return LotteryConfig(
+        levels=int(levels), rate=rate, rewind=str(it.get("rewind", "init")), scope=s.scope,
+        criterion=s.criterion, exclude_first=s.exclude_first, exclude_last=s.exclude_last,
+        include=list(s.include), exclude=list(s.exclude), score_batches=s.score_batches,
+        eval_train=bool(getattr(cfg.method, "eval_train", False)))
 
 
 def rewind_step(rewind: str) -> int:
@@ -273,3 +310,4 @@ register_method(
     "lottery tickets: iterative magnitude pruning with rewinding (a child run per level)",
     report=lottery_report,
 )(run_lottery)
+register_schedule("iterative", lottery_from_sparsity)

@@ -52,13 +52,16 @@ __all__ = [
     "targets_of",
 ]
 
-SPARSE_METHODS = ("none", "prune_at_init", "static", "gradual", "set", "rigl")
+SPARSE_METHODS = ("none", "prune_at_init", "static", "gradual", "set", "rigl", "progressive",
+                  "iterative", "dual_dynamic")
+#: schedules whose time axis is the stages of a stream
+STREAM_ONLY = ("progressive",)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def check_sparsity(s: SparsityConfig) -> None:
+def check_sparsity(s: SparsityConfig, stream: bool = False) -> None:
     """Raise one ConfigError naming the fix for an impossible ``sparsity`` section."""
     if s.method not in SPARSE_METHODS:
         raise unknown("sparsity method (sparsity.method)", s.method, SPARSE_METHODS)
@@ -69,6 +72,11 @@ def check_sparsity(s: SparsityConfig) -> None:
                 f"choose one of {', '.join(SPARSE_METHODS[1:])}"
             )
         return
+    if s.method in STREAM_ONLY and not stream:
+        raise ConfigError(
+            f"sparsity.method={s.method} prunes further at every stage of a stream: set "
+            f"stream.megabatches (>= 2), or use sparsity.method=gradual to prune "
+            f"progressively over the steps of one training")
     if s.criterion not in CRITERIA:
         raise unknown("pruning criterion (sparsity.criterion)", s.criterion, CRITERIA)
     if s.scope not in SCOPES:
@@ -184,6 +192,11 @@ def sparse_callbacks(
         masks = MaskSet.from_model(model, targets)
         t0, n, dt = gradual_steps(total, s.start, s.end, s.interval)
         cb = GradualMagnitude(s.density, 1.0, t0, n, dt, s.scope, masks=masks, input_shape=shape)
+    elif s.method not in ("set", "rigl"):
+        raise ConfigError(
+            f"sparsity.method={s.method} is not a schedule of one training's callbacks: it "
+            f"runs over a stream (stream.megabatches) or as its own method (see "
+            f"underbudget.schedule_registry)")
     else:
         masks = prune(model, s.density, "random", s.init, targets=targets, seed=seed)
         cls = SET if s.method == "set" else RigL

@@ -37,7 +37,7 @@ class TrainMethodConfig(MethodConfig):
 
     def validate(self, cfg: ExperimentConfig) -> None:
         """Check the ``sparsity`` section this method applies (and the stream it runs over)."""
-        check_sparsity(cfg.sparsity)
+        check_sparsity(cfg.sparsity, stream=cfg.stream.enabled)
         if cfg.stream.enabled:
             streamed = anytime_experiment(cfg)
             streamed.method.check(streamed)

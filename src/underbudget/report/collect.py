@@ -60,6 +60,10 @@ class Record:
 
     @property
     def method(self) -> str:
+        """The method whose report sections show this run: a run over a stream is an
+        anytime run whichever method's config spelled it (``train`` with a schedule)."""
+        if (self.config.get("stream") or {}).get("megabatches", 0) > 0:
+            return "anytime"
         return str(self.summary.get("method") or self.config.get("method", {}).get("name"))
 
     def events(self, event: str | None = None) -> list[dict]:

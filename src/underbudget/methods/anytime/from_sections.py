@@ -12,19 +12,30 @@ With ``stream.megabatches > 0`` the experiment runs over that stream:
   ``sparsity`` section: ``none`` -> ``dense``, ``prune_at_init`` -> ``osp`` (its criterion
   and scope), ``static`` -> ``osp`` with random scores allocated by ``sparsity.init``,
   ``gradual`` -> ``gmp`` (final density at ``sparsity.end`` of the stream), ``set``/``rigl``
-  -> ``set``/``rigl`` (``interval``, ``alpha``, ``t_end``), all at ``sparsity.density``.
+  -> ``set``/``rigl`` (``interval``, ``alpha``, ``t_end``), ``progressive`` -> ``app``
+  (its criterion and scope; ``sparsity.progressive`` sets ``tau``, ``d_start``, ``shape``,
+  ``score_*``, ``prune_layers``, ``reset_optimizer``), ``iterative`` -> ``imp`` (one
+  prune-and-rewind per megabatch on the stream's schedule), ``dual_dynamic`` -> ``d2sparse``
+  (``interval``, ``t_end``; ``sparsity.dual_dynamic`` holds D2-Sparse's own settings), all at
+  ``sparsity.density``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ...config import ExperimentConfig
-from ...errors import ConfigError
+from ...errors import ConfigError, unknown
+from ...sparsity.schedules import tau_to_density
 from .config import AnytimeConfig, resolved_stream
 
 SPARSITY_STRATEGIES = {"none": "dense", "prune_at_init": "osp", "static": "osp",
-                       "gradual": "gmp", "set": "set", "rigl": "rigl"}
+                       "gradual": "gmp", "set": "set", "rigl": "rigl", "progressive": "app",
+                       "iterative": "imp", "dual_dynamic": "d2sparse"}
+#: ``sparsity.progressive`` settings passed on to the APP strategy
+PROGRESSIVE_KEYS = ("tau", "d_start", "shape", "score_fraction", "score_count", "score_source",
+                    "score_batch_size", "prune_layers", "reset_optimizer")
 
 
 def _refuse(condition: bool, what: str) -> None:
@@ -46,6 +57,8 @@ def anytime_from_train(cfg: ExperimentConfig) -> AnytimeConfig:
     _refuse(s.method in ("set", "rigl") and s.init != "erk",
             "starts SET/RigL from ERK masks: set sparsity.init=erk")
     _refuse(s.iterations is not None, "scores in one round: leave sparsity.iterations unset")
+    _refuse(bool(s.iterative), "prunes and rewinds once per megabatch, to the stream's "
+            "schedule: leave sparsity.iterative (rate, levels, rewind) unset")
     method = {
         "strategy": strategy,
         "d_final": s.density,
@@ -63,9 +76,30 @@ def anytime_from_train(cfg: ExperimentConfig) -> AnytimeConfig:
                       score_count=s.score_batches * cfg.data.batch_size)
     elif s.method == "static":
         method.update(criterion="random", scope=s.init)
+    if s.method == "progressive":
+        method.update(criterion=s.criterion, scope=s.scope, **_progressive(s))
+    elif s.method == "dual_dynamic":
+        method["d2sparse"] = dict(s.dual_dynamic)
     if s.method == "none":
         method["d_final"] = None
     return resolved_stream(cfg, AnytimeConfig(**method))
+
+
+def _progressive(s) -> dict:
+    """APP's own settings from ``sparsity.progressive``; with ``tau`` the schedule is APP's
+    0.8^tau form, and ``sparsity.density`` must be its final density."""
+    opts = dict(s.progressive)
+    for key in opts:
+        if key not in PROGRESSIVE_KEYS:
+            raise unknown("sparsity.progressive setting", key, PROGRESSIVE_KEYS)
+    if "tau" in opts:
+        final = tau_to_density(float(opts["tau"]))
+        if not math.isclose(final, s.density, rel_tol=1e-3):
+            raise ConfigError(
+                f"sparsity.progressive.tau={opts['tau']} ends at density {final:.6g}, but "
+                f"sparsity.density={s.density}; make them agree (or drop tau)")
+        opts["d_final"] = None
+    return opts
 
 
 def anytime_experiment(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import MethodConfig
+from ...config import MethodConfig, _build, register_schedule
 from ...errors import ConfigError, unknown
 from ...sparsity import SCOPES
 from ...sparsity.dynamic import DECAYS
@@ -123,3 +123,18 @@ class D2SparseConfig(MethodConfig):
         if self.shared_weights:
             return "shared"
         return "ema" if self.slow_mode == "ema" else "dual"
+
+
+def d2sparse_from_sparsity(cfg) -> D2SparseConfig:
+    """The D2-Sparse settings that run ``sparsity.method: dual_dynamic`` on one training:
+    ``density``, ``init`` and ``exclude_first``/``exclude_last`` from the ``sparsity``
+    section, every other setting from ``sparsity.dual_dynamic`` (D2-Sparse's defaults
+    otherwise)."""
+    s = cfg.sparsity
+    values = {"density": s.density, "init": s.init, "exclude_first": s.exclude_first,
+              "exclude_last": s.exclude_last,
+              "eval_train": bool(getattr(cfg.method, "eval_train", False))}
+    return _build(D2SparseConfig, {**values, **s.dual_dynamic}, "sparsity.dual_dynamic")
+
+
+register_schedule("dual_dynamic", d2sparse_from_sparsity)
