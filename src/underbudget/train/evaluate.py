@@ -1,7 +1,8 @@
 """Evaluation over a whole loader: loss, accuracy, error count, optionally all logits.
 
 The pass runs under ``torch.inference_mode``, accumulates loss and correct count on the device
-(one host synchronisation at the end, not one per batch) and, for an in-memory
+(one host synchronisation at the end, not one per batch), on a CPU runs the model's
+inference form (:mod:`.inference_form`: the same function, cheaper) and, for an in-memory
 :class:`~underbudget.data.Loader` without augmentation, re-cuts the set into batches sized to
 the device (large on a GPU; cache-sized on a CPU, where big batches are slower).
 """
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from underbudget.data.loader import Loader
+from underbudget.train.inference_form import inference_form, rewrites
 
 # Largest evaluation batch chosen automatically on CUDA, and the share of free device memory
 # the float input batch may take (activations of a conv net are a few dozen times the input).
@@ -152,9 +154,24 @@ def _one_pass(forward: Callable, loader: Iterable, device: torch.device, amp: bo
     return out
 
 
+def _inference_model(model: torch.nn.Module, forward, device: torch.device,
+                     requested: bool | None) -> torch.nn.Module | None:
+    """The model's inference form for this pass, or None to evaluate ``model`` as it is.
+
+    None (the default) is "where it helps": on a CPU, when the pass runs the model itself
+    (not a compiled or custom forward) and the form changes something.
+    """
+    if requested is False or (forward is not None and forward is not model):
+        return None
+    if requested is None and (device.type != "cpu" or not rewrites(model)):
+        return None
+    return inference_form(model)
+
+
 def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | None = None,
              amp: bool = False, return_logits: bool = False, forward=None,
-             channels_last: bool | None = False, batch_size: int | None = None) -> dict:
+             channels_last: bool | None = False, batch_size: int | None = None,
+             inference: bool | None = None) -> dict:
     """Loss, accuracy and error count of ``model`` over every batch of ``loader``.
 
     Sums are accumulated over the whole set (never averaged per batch). With
@@ -162,9 +179,14 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | Non
     calibration). ``forward`` replaces ``model(x)`` (e.g. a compiled model); ``channels_last``
     converts 4-d inputs (None: where it helps, see :func:`channels_last_plan`);
     ``batch_size`` re-cuts an in-memory loader (default: sized to the device, see
-    :func:`eval_batch_size`).
+    :func:`eval_batch_size`); ``inference`` evaluates the model's inference form (max-pools
+    by element-wise maxima, batch norm folded into the convolution before it; see
+    :mod:`.inference_form`; None: on a CPU, where it changes something).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    fast = _inference_model(model, forward, device, inference)
+    if fast is not None:
+        model = forward = fast
     forward = forward if forward is not None else model
     inputs_cl, weights_cl = channels_last_plan(model, device, forward, channels_last)
     size = eval_batch_size(loader, device, batch_size)

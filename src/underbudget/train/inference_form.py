@@ -1,0 +1,85 @@
+"""The form of a network that evaluation runs: the same function, cheaper to compute on CPU.
+
+:func:`inference_form` returns a copy of a model in eval mode where
+
+- every exact ``nn.MaxPool2d(2)`` is :class:`~underbudget.deploy.layers.MaxPool2x2`
+  (the same values; torch's CPU pooling kernel is several times slower on small conv nets);
+- every exact ``nn.BatchNorm2d`` that directly follows an exact ``nn.Conv2d`` inside an
+  ``nn.Sequential`` (and tracks running statistics) is folded into that convolution:
+  ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``.
+
+Folding is exact in real arithmetic; in float32 the logits move by rounding only (about 1e-6
+relative). Zero weights stay zero, so a pruned convolution keeps its density. A layer with
+hooks (an input quantizer, a cost meter) is left as it is, and so is every module of another
+type, so quantized and custom layers are evaluated exactly as they train.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..deploy.layers import MaxPool2x2
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_pre_hooks or module._forward_hooks)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            and bn.running_mean is not None and bn.num_features == conv.out_channels
+            and not _hooked(conv) and not _hooked(bn))
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution computing ``bn(conv(x))`` (``bn`` in eval mode) in one layer."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else (
+        1.0 / torch.sqrt(bn.running_var + bn.eps))
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused = copy.deepcopy(conv)
+    fused.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1),
+                                requires_grad=False)
+    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+    return fused
+
+
+def _rewrite(module: nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if type(child) is nn.MaxPool2d and MaxPool2x2.fits(child):
+            setattr(module, name, MaxPool2x2())
+        else:
+            _rewrite(child)
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if _foldable(conv, bn):
+                module._modules[a] = fold_conv_bn(conv, bn)
+                module._modules[b] = nn.Identity()
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode, with pools and conv-BN pairs in their inference form
+    (see the module docstring); ``model`` itself is not touched."""
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    _rewrite(net)
+    return net
+
+
+def rewrites(model: nn.Module) -> bool:
+    """Whether :func:`inference_form` would change anything in ``model``."""
+    for module in model.modules():
+        if type(module) is nn.MaxPool2d and MaxPool2x2.fits(module):
+            return True
+        if isinstance(module, nn.Sequential):
+            kids = list(module.children())
+            if any(_foldable(a, b) for a, b in zip(kids, kids[1:])):
+                return True
+    return False
