@@ -32,11 +32,16 @@ from .config_sources import (
 from .errors import ConfigError, unknown
 from .schedule_registry import check_honoured, lower_schedule, register_schedule
 from .sections import (
+    TRACK_BACKENDS,
+    WANDB_MODES,
     ExecutorConfig,
     PrecisionConfig,
     ResourcesConfig,
     StreamConfig,
+    TrackConfig,
     TransferConfig,
+    build_sections,
+    section_class,
 )
 from .utils.typed import build_dataclass as _build
 from .utils.yamlfile import load_yaml
@@ -183,38 +188,14 @@ class SparsityConfig:
     dual_dynamic: dict = field(default_factory=dict)  # D2-Sparse: fast_*, slow_*, lambda_* ...
 
 
-TRACK_BACKENDS = ("tensorboard", "wandb", "mlflow")
-WANDB_MODES = ("offline", "online", "disabled")
-
-
-@dataclass
-class TrackConfig:
-    """Experiment trackers that mirror a run: config, every logged event, summary, plots."""
-
-    backends: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
-    project: str = "underbudget"  # W&B project, MLflow experiment
-    group: str | None = None  # default: the top run directory's name (experiment or sweep)
-    name: str | None = None  # default: the run directory's name (children: their path in it)
-    dir: str | None = None  # offline files (default: <top run directory>/track)
-    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
-    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a file store in dir
-    plots: bool = True  # send the report's PNG plots
-
-    def __post_init__(self) -> None:
-        for name in self.backends:
-            if name not in TRACK_BACKENDS:
-                raise unknown("tracker (track.backends)", name, TRACK_BACKENDS)
-        if self.wandb_mode not in WANDB_MODES:
-            raise unknown("W&B mode (track.wandb_mode)", self.wandb_mode, WANDB_MODES)
-
-
 @dataclass
 class MethodConfig:
     """Base of every method's config section; ``name`` selects the method.
 
     ``honours`` names the composable constraints the method itself applies while it trains
     (``stream``: it runs over ``stream.megabatches``; ``qat``: quantization-aware training
-    under ``precision.mode=qat``). A config asking a method for one it does not honour is
+    under ``precision.mode=qat``; ``sections``: the registered constraint sections, through
+    ``methods.common.make_trainer``). A config asking a method for one it does not honour is
     refused rather than silently run without it. ``transfer`` and post-training quantization
     are stages after any method (see :mod:`underbudget.experiment.compose`).
     """
@@ -243,6 +224,7 @@ class ExperimentConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     sweep: dict = field(default_factory=dict)  # {"dotted.key": [values]}: a grid of child runs
     report: dict = field(default_factory=dict)  # options for the report (method-specific)
+    sections: dict = field(default_factory=dict)  # registered constraint sections, by name
 
 
 # --------------------------------------------------------------------------- building
@@ -268,6 +250,7 @@ def from_dict(values: dict) -> ExperimentConfig:
     """Build and validate an ExperimentConfig from a plain nested mapping."""
     values = dict(values or {})
     values.pop("description", None)  # presets carry a one-line description for `list`
+    extra = {k: values.pop(k) for k in list(values) if section_class(k) is not None}
     method = values.pop("method", None) or {}
     if isinstance(method, str):
         method = {"name": method}
@@ -276,14 +259,17 @@ def from_dict(values: dict) -> ExperimentConfig:
     cfg = _build(ExperimentConfig, values, "")
     cls = method_config_class(method.get("name", "train"))
     cfg.method = _build(cls, method, "method")
+    cfg.sections = build_sections(extra)
     cfg = lower_schedule(cfg)
     validate(cfg)
     return cfg
 
 
 def to_dict(cfg: Any) -> dict:
-    """A plain nested dict (YAML/JSON-able) of a config."""
-    return dataclasses.asdict(cfg)
+    """A plain nested dict (YAML/JSON-able) of a config; registered sections at the top."""
+    out = dataclasses.asdict(cfg)
+    out.update(out.pop("sections", None) or {})
+    return out
 
 
 def to_yaml(cfg: Any) -> str:
@@ -384,6 +370,6 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, values in cfg.sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
-    check = getattr(cfg.method, "validate", None)
-    if callable(check):
-        check(cfg)
+    for check in [getattr(x, "validate", None) for x in (*cfg.sections.values(), cfg.method)]:
+        if callable(check):
+            check(cfg)

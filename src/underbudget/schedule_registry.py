@@ -51,6 +51,11 @@ def lower_schedule(cfg: Any) -> Any:
 def check_honoured(cfg: Any) -> None:
     """Refuse a stream or QAT asked of a method that does not apply it."""
     honours = type(cfg.method).honours
+    if cfg.sections and "sections" not in honours:
+        raise ConfigError(
+            f"method {cfg.method.name!r} does not apply registered constraint sections "
+            f"({', '.join(sorted(cfg.sections))}); the methods that train through "
+            f"methods.common.make_trainer do: train, anytime, lottery, d2sparse")
     for what, on in {"stream": cfg.stream.enabled, "qat": cfg.precision.mode == "qat"}.items():
         if not on or what in honours:
             continue

@@ -4,14 +4,21 @@
 QAT) and ``transfer`` (a target task trained from the result) are valid in every experiment;
 each is off by default, so a config without them means one stage, float weights and no
 transfer. ``executor`` and ``resources`` say where and how the experiment graph runs; they
-are platform settings (left out of a run's identity).
+are platform settings (left out of a run's identity), and so is ``track``.
+
+A new constraint is one dataclass and :func:`register_section`: its key is then valid in
+every config, built with the same unknown-key checks, saved with the run and part of its
+identity, and applied by every method whose trainers come from
+:func:`underbudget.methods.common.make_trainer` (see ``docs/extending.md``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError, unknown
+from .utils.typed import build_dataclass
 
 EXECUTORS = ("serial", "local", "ray", "slurm")
 PRECISION_MODES = ("none", "ptq", "qat")
@@ -111,3 +118,59 @@ class ExecutorConfig:
             raise unknown("executor (executor.name)", self.name, EXECUTORS)
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"executor.workers must be at least 1, got {self.workers}")
+
+
+TRACK_BACKENDS = ("tensorboard", "wandb", "mlflow")
+WANDB_MODES = ("offline", "online", "disabled")
+
+@dataclass
+class TrackConfig:
+    """Experiment trackers that mirror a run: config, every logged event, summary, plots."""
+
+    backends: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
+    project: str = "underbudget"  # W&B project, MLflow experiment
+    group: str | None = None  # default: the top run directory's name (experiment or sweep)
+    name: str | None = None  # default: the run directory's name (children: their path in it)
+    dir: str | None = None  # offline files (default: <top run directory>/track)
+    wandb_mode: str = "offline"  # offline (sync later with `wandb sync`) | online | disabled
+    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a file store in dir
+    plots: bool = True  # send the report's PNG plots
+
+    def __post_init__(self) -> None:
+        for name in self.backends:
+            if name not in TRACK_BACKENDS:
+                raise unknown("tracker (track.backends)", name, TRACK_BACKENDS)
+        if self.wandb_mode not in WANDB_MODES:
+            raise unknown("W&B mode (track.wandb_mode)", self.wandb_mode, WANDB_MODES)
+
+
+# --------------------------------------------------------------------------- registered sections
+
+#: top-level key -> dataclass of a constraint section registered by a library or a user
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> type:
+    """Make ``name:`` a config section built as ``cls`` in every experiment.
+
+    ``cls`` is a dataclass; it may define ``validate(cfg)`` (cross-field checks) and
+    ``training_callbacks(cfg, trainer) -> list`` (the callbacks that apply it while a
+    trainer trains). Returns ``cls``, so it also works as a decorator factory's result.
+    """
+    _SECTIONS[name] = cls
+    return cls
+
+
+def section_class(name: str) -> type | None:
+    """The dataclass registered for section ``name`` (None when there is none)."""
+    return _SECTIONS.get(name)
+
+
+def build_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """Registered sections from their mappings (unknown keys rejected with suggestions)."""
+    out = {}
+    for name, mapping in values.items():
+        if mapping is not None and not isinstance(mapping, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {mapping!r}")
+        out[name] = build_dataclass(_SECTIONS[name], mapping or {}, name)
+    return out

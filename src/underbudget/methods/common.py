@@ -125,5 +125,11 @@ def build_model(cfg: ExperimentConfig, data: PreparedData | Splits, model_cfg=No
 
 def make_trainer(cfg: ExperimentConfig, model: torch.nn.Module, run: Run | None,
                  callbacks=(), **kwargs) -> Trainer:
-    """A Trainer configured from ``cfg.optim`` and ``cfg.train``."""
-    return Trainer(model, cfg.optim, cfg.train, run=run, callbacks=callbacks, **kwargs)
+    """A Trainer configured from ``cfg.optim`` and ``cfg.train``, with the callbacks of
+    every registered constraint section in ``cfg`` (``training_callbacks(cfg, trainer)``)."""
+    trainer = Trainer(model, cfg.optim, cfg.train, run=run, callbacks=callbacks, **kwargs)
+    for section in cfg.sections.values():
+        make = getattr(section, "training_callbacks", None)
+        for cb in (make(cfg, trainer) if callable(make) else []):
+            trainer.add_callback(cb)
+    return trainer

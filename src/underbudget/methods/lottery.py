@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import ExperimentConfig, MethodConfig, register_schedule, to_dict
 from ..errors import ConfigError, unknown
@@ -71,6 +71,7 @@ class LotteryConfig(MethodConfig):
     with a fresh optimizer (optimizer state is never rewound)."""
 
     name: str = "lottery"
+    honours: ClassVar[tuple[str, ...]] = ("sections",)
     levels: int = 5  # pruned levels after the dense level 0: densities (1 - rate)^1..levels
     rate: float = 0.2  # fraction of the alive weights removed at each level
     scope: str = "global"  # global | layerwise | erk | er

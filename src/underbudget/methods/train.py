@@ -31,7 +31,7 @@ class TrainMethodConfig(MethodConfig):
     """Options of the plain training method."""
 
     name: str = "train"
-    honours: ClassVar[tuple[str, ...]] = ("stream", "qat")
+    honours: ClassVar[tuple[str, ...]] = ("stream", "qat", "sections")
     save_weights: bool = True  # keep final weights (and masks) as safetensors artifacts
     eval_train: bool = False  # clean (un-augmented) training accuracy for the generalization gap
 

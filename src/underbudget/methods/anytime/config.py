@@ -29,7 +29,7 @@ class AnytimeConfig(MethodConfig):
     """
 
     name: str = "anytime"
-    honours: ClassVar[tuple[str, ...]] = ("stream", "qat")
+    honours: ClassVar[tuple[str, ...]] = ("stream", "qat", "sections")
     strategy: str = "app"  # dense | osp | app | gmp | rigl | set | imp | d2sparse
     megabatches: int = 8  # T
     tau: float = 4.5  # final density 0.8**tau (APP); ignored when d_final is set

@@ -8,6 +8,7 @@ through MSE between logits (each to the other's detached logits), S deployed alo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...config import MethodConfig, _build, register_schedule
 from ...errors import ConfigError, unknown
@@ -25,6 +26,7 @@ class D2SparseConfig(MethodConfig):
     """D2-Sparse: a fast and a slow dynamic sparse network, coupled through their outputs."""
 
     name: str = "d2sparse"
+    honours: ClassVar[tuple[str, ...]] = ("sections",)
     density: float = 0.1  # fraction of prunable weights kept, in each network
     init: str = "erk"  # initial per-layer allocation of both masks: erk | er | layerwise
     exclude_first: bool = False  # keep the first prunable layer dense
