@@ -6,8 +6,9 @@ each batch size in ``--batches``, three variants of the same weights are timed, 
 round by round (median over rounds, so machine load affects them alike):
 
 - ``dense``: the pruned model as it is (zeros computed by dense kernels);
-- ``wins``: ``deploy.to_sparse(model, where="wins", rule=--rule)``, CSR where the rule says;
-- ``all``: ``deploy.to_sparse(model, where="all")``, CSR for every Linear / 1x1 conv;
+- ``wins``: ``deploy.to_sparse(model, where="wins", rule=--rule, kxk=True)``, a sparse form
+  (CSR for Linear / 1x1 conv, ``SparseConv2d`` for k x k conv) where the rule says;
+- ``all``: ``deploy.to_sparse(model, where="all", kxk=True)``, every eligible layer sparse;
 - for models with 2x2 max-pools (LeNet-5) also ``pool`` (``deploy.fast_pooling``: dense
   kernels, exact faster pooling) and ``wins_pool`` (``to_sparse(..., fast_pool=True)``), so
   that the sparse kernels' share and the whole deploy form's gain are told apart.
@@ -82,14 +83,14 @@ def measure(name: str, density: float, batches: list[int], args, device) -> dict
         variants = {
             "dense": model,
             "wins": deploy.to_sparse(model, where="wins", rule=args.rule, batch_size=batch,
-                                     input_shape=(channels, size, size)),
-            "all": deploy.to_sparse(model, where="all"),
+                                     input_shape=(channels, size, size), kxk=True),
+            "all": deploy.to_sparse(model, where="all", kxk=True),
         }
         if any(isinstance(m, deploy.MaxPool2x2) for m in deploy.fast_pooling(model).modules()):
             variants["pool"] = deploy.fast_pooling(model)
             variants["wins_pool"] = deploy.to_sparse(
                 model, where="wins", rule=args.rule, batch_size=batch,
-                input_shape=(channels, size, size), fast_pool=True)
+                input_shape=(channels, size, size), fast_pool=True, kxk=True)
         with torch.inference_mode():
             ref = model(x)
             outs = [v(x) for k, v in variants.items() if k != "dense"]

@@ -20,29 +20,36 @@ from underbudget.deploy.rule import (
     RULES,
     SEMI_MIN_DIM,
     LayerChoice,
+    conv_threshold,
     csr_threshold,
     measure_layer,
     semi_structured_fits,
 )
+from underbudget.deploy.sparse_conv import SparseConv2d
 from underbudget.errors import ConfigError
 from underbudget.sparsity.mask import MaskSet
 from underbudget.sparsity.targets import unwrap
 
+DEPLOY_LAYERS = (*SPARSE_LAYERS, SparseConv2d)
+"""Every layer type :func:`to_sparse` puts in, each with a ``to_dense``."""
 
-def eligible(module: nn.Module) -> str | None:
-    """``"linear"`` or ``"conv1x1"`` for layers that have a sparse form, else None.
+
+def eligible(module: nn.Module, kxk: bool = False) -> str | None:
+    """``"linear"`` or ``"conv1x1"`` for layers that have a CSR form, else None.
+
+    With ``kxk``, also ``"conv"`` for any other :class:`torch.nn.Conv2d` with one group and
+    zero padding (:class:`~underbudget.deploy.sparse_conv.SparseConv2d`).
 
     Exact types only: a subclass of Linear may compute something else with its weight.
     """
     if type(module) is nn.Linear:
         return "linear"
-    if (
-        type(module) is nn.Conv2d
-        and tuple(module.kernel_size) == (1, 1)
-        and module.groups == 1
-        and module.padding in ((0, 0), "valid")
-    ):
+    if type(module) is not nn.Conv2d or module.groups != 1:
+        return None
+    if tuple(module.kernel_size) == (1, 1) and module.padding in ((0, 0), "valid"):
         return "conv1x1"
+    if kxk and module.padding_mode == "zeros":
+        return "conv"
     return None
 
 
@@ -57,6 +64,8 @@ def _check_where(where: str | float) -> None:
 def _sparse_form(module: nn.Module, kind: str, form: str) -> nn.Module:
     if form == "2:4":
         return SemiStructuredLinear.from_dense(module)
+    if kind == "conv":
+        return SparseConv2d.from_dense(module)
     return SparseLinear.from_dense(module) if kind == "linear" else SparseConv1x1.from_dense(module)
 
 
@@ -93,7 +102,7 @@ def _decide(name: str, module: nn.Module, kind: str, where, rule: str, device: t
         choice.reason = "no zeros"
         return choice, None
     semi, semi_why = semi_structured_fits(module, device)
-    sparse_kind = "2:4" if semi else "csr"
+    sparse_kind = "taps" if kind == "conv" else "2:4" if semi else "csr"
     if where == "all" or not isinstance(where, str):
         if where == "all" or density <= where:
             choice.form, choice.reason = sparse_kind, f"where={where!r}"
@@ -111,6 +120,15 @@ def _decide(name: str, module: nn.Module, kind: str, where, rule: str, device: t
             choice.form = sparse_kind
             return choice, sparse
         return choice, None
+    note = "" if rule == "threshold" else "measured rule needs input_shape; "
+    if kind == "conv":
+        max_nnz, why = conv_threshold(module, device)
+        nnz = int(weight.count_nonzero())
+        if nnz <= max_nnz:
+            choice.form, choice.reason = "taps", f"{note}{nnz} nonzeros <= {max_nnz} ({why})"
+            return choice, _sparse_form(module, kind, "taps")
+        choice.reason = f"{note}{nnz} nonzeros > {max_nnz} ({why})"
+        return choice, None
     if semi:
         if min(weight.shape) >= SEMI_MIN_DIM:
             choice.form, choice.reason = "2:4", "2:4 pattern on a GPU with 2:4 kernels"
@@ -118,7 +136,6 @@ def _decide(name: str, module: nn.Module, kind: str, where, rule: str, device: t
         choice.reason = f"2:4 layer smaller than {SEMI_MIN_DIM} in one dimension"
         return choice, None
     limit = csr_threshold(numel, device)
-    note = "" if rule == "threshold" else "measured rule needs input_shape; "
     if limit > 0 and density <= limit:
         choice.form = "csr"
         choice.reason = f"{note}density <= {limit} for {numel} weights on {device.type}"
@@ -149,7 +166,8 @@ def _zero_masked(net: nn.Module, masks: MaskSet | Mapping[str, Tensor]) -> None:
 def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = None, *,
               where: str | float = "wins", rule: str = "threshold", batch_size: int = 256,
               input_shape: tuple[int, ...] | None = None,
-              device: torch.device | str | None = None, fast_pool: bool = False) -> nn.Module:
+              device: torch.device | str | None = None, fast_pool: bool = False,
+              kxk: bool = False) -> nn.Module:
     """The deploy form of a pruned ``model``: a copy in eval mode with sparse layers.
 
     Linear layers and 1x1 convolutions (groups 1, no padding) are candidates; every other
@@ -161,6 +179,10 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
     or 2:4 semi-structured on a GPU that supports it when a Linear weight has that pattern.
     The choices are kept in ``deployed.sparse_choices`` (a list of :class:`LayerChoice`).
     ``fast_pool`` also swaps 2x2 max-pools for :class:`MaxPool2x2` (see :func:`fast_pooling`).
+    ``kxk`` also makes every other Conv2d with one group and zero padding a candidate, whose
+    sparse form (``"taps"``) is :class:`~underbudget.deploy.sparse_conv.SparseConv2d`: work
+    in proportion to the nonzero weights; the threshold rule for it is in
+    :func:`~underbudget.deploy.rule.conv_threshold`.
     """
     _check_where(where)
     if rule not in RULES:
@@ -172,7 +194,7 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
     net.eval()
     if masks is not None:
         _zero_masked(net, masks)
-    named = [(n, m, k) for n, m in net.named_modules() if (k := eligible(m)) is not None]
+    named = [(n, m, k) for n, m in net.named_modules() if (k := eligible(m, kxk)) is not None]
     shapes = (_input_shapes(net, [n for n, _, _ in named], input_shape, batch_size, dev)
               if rule == "measure" and where == "wins" else {})
     choices, mapping = [], {}
@@ -210,7 +232,7 @@ def to_dense(model: nn.Module) -> nn.Module:
     """A copy of a deployed model with every sparse layer (and fast pool) in its plain form."""
     net = copy.deepcopy(model)
     mapping: dict[int, nn.Module] = {
-        id(m): m.to_dense() for m in net.modules() if isinstance(m, SPARSE_LAYERS)}
+        id(m): m.to_dense() for m in net.modules() if isinstance(m, DEPLOY_LAYERS)}
     mapping.update({id(m): nn.MaxPool2d(2) for m in net.modules() if isinstance(m, MaxPool2x2)})
     _replace(net, mapping)
     if hasattr(net, "sparse_choices"):

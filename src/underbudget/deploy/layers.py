@@ -30,13 +30,55 @@ def csr_parts(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             csr.values().clone())
 
 
-class _CSRWeight(nn.Module):
-    """Holds a matrix as three dense buffers and builds the CSR tensor once per placement."""
+class _SparseWeight(nn.Module):
+    """A layer that holds only its weight's nonzeros yet whose state dict speaks dense.
+
+    Subclasses keep the nonzeros in a ``values`` buffer and define ``_set_weight`` (from a
+    dense weight) and ``dense_weight`` (back to it).
+    """
 
     def __init__(self, weight: Tensor):
         super().__init__()
         self.weight_shape = tuple(weight.shape)
         self._set_weight(weight)
+
+    def _set_weight(self, weight: Tensor) -> None:
+        raise NotImplementedError
+
+    def dense_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def density(self) -> float:
+        return self.nnz / max(1, int(torch.Size(self.weight_shape).numel()))
+
+    # -- the state dict speaks dense ------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.dense_weight()  # first, as in the plain layer
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+        else:
+            weight = state_dict[key]
+            if tuple(weight.shape) != self.weight_shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                                  f"{tuple(weight.shape)}, the layer has {self.weight_shape}")
+            else:
+                self._set_weight(weight.to(self.values.device, self.values.dtype))
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class _CSRWeight(_SparseWeight):
+    """Holds a matrix as three dense buffers and builds the CSR tensor once per placement."""
 
     def _set_weight(self, weight: Tensor) -> None:
         crow, col, values = csr_parts(weight.reshape(weight.shape[0], -1))
@@ -60,13 +102,6 @@ class _CSRWeight(nn.Module):
         self._csr = None  # moved or cast: rebuilt from the new buffers on first use
         return super()._apply(fn, recurse)
 
-    @property
-    def nnz(self) -> int:
-        return int(self.values.numel())
-
-    def density(self) -> float:
-        return self.nnz / max(1, int(torch.Size(self.weight_shape).numel()))
-
     def dense_weight(self) -> Tensor:
         return self.csr().to_dense().reshape(self.weight_shape)
 
@@ -74,27 +109,6 @@ class _CSRWeight(nn.Module):
         state = self.__dict__.copy()
         state["_csr"] = None  # sparse tensors cannot be deep-copied; rebuilt on first use
         return state
-
-    # -- the state dict speaks dense ------------------------------------------------------
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.dense_weight()  # first, as in the plain layer
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        key = prefix + "weight"
-        if key not in state_dict:
-            missing_keys.append(key)
-        else:
-            weight = state_dict[key]
-            if tuple(weight.shape) != self.weight_shape:
-                error_msgs.append(f"size mismatch for {key}: copying a param with shape "
-                                  f"{tuple(weight.shape)}, the layer has {self.weight_shape}")
-            else:
-                self._set_weight(weight.to(self.values.device, self.values.dtype))
-        rest = {k: v for k, v in state_dict.items() if k != key}
-        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
 
 def _bias(module: nn.Module, bias: Tensor | None) -> None:

@@ -14,6 +14,34 @@ weights in the layer (out*in)  CSR on CPU when the density is at most
 < 100,000                     never (call overhead dominates)
 ============================  =====================================
 
+k x k convolutions (``to_sparse(..., kxk=True)``; form ``"taps"``,
+:class:`~underbudget.deploy.sparse_conv.SparseConv2d`) were timed against torch's dense
+convolution (oneDNN) on one CPU thread at batch sizes 1, 16 and 256, for LeNet-5's and
+ResNet-20's shapes and random zero patterns. The taps form wins where the nonzeros are few
+per output channel and the dense kernel does many multiply-adds per output; it loses on
+3x3 stems with 1 or 3 input channels (oneDNN is cheap per output there) and on strided
+convolutions. Sparse over dense time, at as many nonzeros as output channels:
+
+==========================  ===========  ========  ========  =========
+layer (in, out, kernel)     weights/out  batch 1   batch 16  batch 256
+==========================  ===========  ========  ========  =========
+3, 6, 5x5 (32x32)           75           1.65x     1.79x     2.94x
+6, 16, 5x5 (LeNet conv2)    150          1.64x     1.87x     1.56x
+16, 16, 3x3 (32x32)         144          1.16x     1.60x     1.80x
+64, 64, 3x3 (8x8)           576          1.25x     2.11x     1.58x
+1, 6, 5x5 (LeNet conv1)     25           1.52x     1.20x     2.04x
+1, 16, 3x3 (28x28)          9            0.32x     0.66x     1.16x
+3, 16, 3x3 (ResNet stem)    27           0.41x     0.88x     1.07x
+16, 32, 3x3, stride 2       144          < 0.6x at 58 nonzeros (0.4 % density)
+==========================  ===========  ========  ========  =========
+
+At twice as many nonzeros as output channels the gains shrink to 0.9-1.5x (LeNet conv2
+1.24-1.29x, 64-channel 1.04-1.49x). So the threshold rule picks the taps form on a CPU only
+for stride 1, at least ``CONV_MIN_REDUCTION`` (64) weights per output channel, and at most
+as many nonzeros as output channels; everything else stays dense. This is conservative: at
+10 % density LeNet-5's first convolution is faster as taps at batch 256 (1.6x) but not at
+batch 16; ``rule="measure"`` finds such layers at the caller's batch size.
+
 On CUDA, cuSPARSE's CSR loses to dense GEMM at these sizes, so the threshold rule keeps
 layers dense there, except Linear layers whose weights already follow the 2:4 pattern
 (at most two nonzeros in every four consecutive inputs) on a GPU with semi-structured kernels
@@ -34,6 +62,7 @@ from torch import Tensor, nn
 
 CPU_THRESHOLDS: tuple[tuple[int, float], ...] = ((500_000, 0.15), (100_000, 0.07))
 SEMI_MIN_DIM = 256
+CONV_MIN_REDUCTION = 64
 MARGIN = 1.1
 RULES = ("threshold", "measure")
 
@@ -43,10 +72,10 @@ class LayerChoice:
     """What the converter decided for one layer, and why."""
 
     name: str
-    kind: str  # linear | conv1x1
+    kind: str  # linear | conv1x1 | conv
     shape: tuple[int, ...]
     density: float
-    form: str  # dense | csr | 2:4
+    form: str  # dense | csr | 2:4 | taps
     reason: str
     dense_us: float | None = None
     sparse_us: float | None = None
@@ -63,6 +92,25 @@ def csr_threshold(numel: int, device: torch.device) -> float:
         if numel >= min_numel:
             return max_density
     return 0.0
+
+
+def conv_threshold(layer: nn.Module, device: torch.device) -> tuple[int, str]:
+    """(most nonzeros at which the threshold rule picks the taps form, why) for a k x k conv.
+
+    On a CPU, for stride 1 and at least ``CONV_MIN_REDUCTION`` weights per output channel
+    (in_channels x kh x kw): as many nonzeros as the layer has output channels. Otherwise -1
+    (always dense): strided convolutions, stems with few weights per output (where oneDNN's
+    dense kernel is already cheap per output), and other devices. See the module's table.
+    """
+    if device.type != "cpu":
+        return -1, f"the taps form stays dense on {device.type}"
+    if tuple(layer.stride) != (1, 1):
+        return -1, "strided convolutions stay dense"
+    reduction = int(layer.weight[0].numel())
+    if reduction < CONV_MIN_REDUCTION:
+        return -1, (f"{reduction} weights per output channel < {CONV_MIN_REDUCTION}: "
+                    "the dense kernel is cheap per output")
+    return int(layer.out_channels), "at most one nonzero per output channel, stride 1, CPU"
 
 
 def is_two_four(weight: Tensor) -> bool:
