@@ -140,6 +140,12 @@ def test_gmp_ptq_lp_float_and_8bit_then_pareto_places_the_transfers(tmp_path, ca
     assert main(["report", str(path), "--pareto", "deployed_bytes"]) == 0  # its stages
     assert (path / "report" / "stages" / "pareto.md").is_file()
     assert "## Transfer" in (path / "report" / "report.md").read_text()  # kept
+    capsys.readouterr()
+    assert main(["show", str(path)]) == 0  # the experiment's directory: config, graph, table
+    shown = capsys.readouterr().out
+    assert "method: train" in shown and "composed experiment of 7 task(s)" in shown
+    assert "ptq-w8" in shown and "lp" in shown
+    assert json.loads((path / "graph.json").read_text())["path"] == path.name
 
 
 def test_imp_budget_transfer_every_level_by_lp_and_vp(tmp_path):

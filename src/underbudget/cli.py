@@ -254,8 +254,13 @@ def cmd_show(args) -> int:
           f"seed: {cfg.get('seed')}")
     print(f"data:    {cfg.get('data', {}).get('name')}  model: {cfg.get('model', {}).get('name')}")
     summary = run.read_summary()
-    table = _headline(run.path)
-    if summary is None and cfg.get("sweep") and table:
+    composed = _composed_tables(run.path) if (run.path / "graph.json").exists() else None
+    table = composed or _headline(run.path)
+    if composed is not None:
+        tasks = len(json.loads((run.path / "graph.json").read_text())["tasks"])
+        print(f"status:  composed experiment of {tasks} task(s); report in "
+              f"{run.path / 'report' / 'report.md'}")
+    elif summary is None and cfg.get("sweep") and table:
         print(f"status:  sweep; {len(table.splitlines()) - 1} finished run(s) below")
     elif summary is None:
         state = "interrupted (will resume)" if (run.path / "checkpoint.safetensors").exists() \

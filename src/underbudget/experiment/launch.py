@@ -2,8 +2,9 @@
 
 :func:`launch` checks the config and every sweep child (nothing is created when one is
 wrong), compiles the experiment graph, and hands it to the executor the config names
-(``executor.name``: serial by default, in this process). A sweep's parent directory gets its
-config before the children start. Finished runs are skipped, interrupted ones resume, failed
+(``executor.name``: serial by default, in this process). The directory of a sweep or of a
+composed experiment gets its config and ``graph.json`` (the compiled graph) before the tasks
+start. Finished runs are skipped, interrupted ones resume, failed
 ones are retried, so the same command after a failure runs only what is left.
 :func:`run_experiment` is the same, raising when a task failed.
 """
@@ -22,7 +23,7 @@ from ..runs.lock import clear_run_dir, hold_run
 from ..runs.preflight import check_folder
 from ..runs.store import Run, runs_root
 from ..track import tracking
-from ..utils.atomic import clean_stale_temps
+from ..utils.atomic import clean_stale_temps, write_json
 from .compile import compile_experiment
 from .executors import DONE, FAILED, SKIPPED, Options, Outcome, execute
 from .graph import Graph
@@ -118,8 +119,9 @@ def launch(cfg, root: str | Path | None = None, *, force: bool = False, quiet: b
         with tracking(cfg.track, top, quiet=quiet) as trackers:
             if force:
                 _clear_for_force(graph, root)
-            if cfg.sweep:
+            if cfg.sweep or len(graph.tasks) > 1:  # a sweep's or a composed experiment's
                 top.start(config=to_dict(cfg))
+                write_json(path / "graph.json", graph.to_dict())
             with sharing_listeners(top):
                 outcomes = execute(graph, root, options)
             if any(o.status == FAILED for o in outcomes.values()):
