@@ -57,6 +57,8 @@ def test_convnet_form_folds_every_pair_and_swaps_every_pool_without_touching_the
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in form.modules())
     assert sum(isinstance(m, MaxPool2x2) for m in form.modules()) == 3
+    kinds = [type(m).__name__ for m in form.features]
+    assert kinds[:4] == ["Conv2d", "Identity", "MaxPool2x2", "ReLU"]  # pooled, then rectified
     model.eval()
     with torch.no_grad():
         a, b = model(x), form(x)

@@ -7,7 +7,9 @@
     plain.load_state_dict(fast.state_dict())         # same keys and dense shapes as the model
 
 Linear layers and 1x1 convolutions become CSR layers (2:4 semi-structured on GPUs that have
-the kernels, when the weights follow that pattern); every other layer stays dense.
+the kernels, when the weights follow that pattern); with ``kxk=True`` other convolutions
+become :class:`SparseConv2d` (computed from their nonzero weights) where the rule says it
+wins; every other layer stays dense.
 ``fast_pooling`` (or ``to_sparse(..., fast_pool=True)``) swaps 2x2 max-pools for an exact,
 faster formulation.
 """
@@ -20,21 +22,27 @@ from underbudget.deploy.layers import (
     SparseLinear,
 )
 from underbudget.deploy.rule import (
+    CONV_MIN_REDUCTION,
     CPU_THRESHOLDS,
     LayerChoice,
+    conv_threshold,
     csr_threshold,
     is_two_four,
     semi_structured_supported,
     two_four_mask,
 )
+from underbudget.deploy.sparse_conv import SparseConv2d
 
 __all__ = [
+    "CONV_MIN_REDUCTION",
     "CPU_THRESHOLDS",
     "LayerChoice",
     "MaxPool2x2",
     "SemiStructuredLinear",
     "SparseConv1x1",
+    "SparseConv2d",
     "SparseLinear",
+    "conv_threshold",
     "csr_threshold",
     "eligible",
     "fast_pooling",

@@ -6,7 +6,9 @@
   (the same values; torch's CPU pooling kernel is several times slower on small conv nets);
 - every exact ``nn.BatchNorm2d`` that directly follows an exact ``nn.Conv2d`` inside an
   ``nn.Sequential`` (and tracks running statistics) is folded into that convolution:
-  ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``.
+  ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``;
+- a ReLU directly followed by such a pool (in an ``nn.Sequential``) runs after it, on a
+  quarter of the values (the maximum of rectified values is the rectified maximum).
 
 Folding is exact in real arithmetic; in float32 the logits move by rounding only (about 1e-6
 relative). Zero weights stay zero, so a pruned convolution keeps its density. A layer with
@@ -61,6 +63,10 @@ def _rewrite(module: nn.Module) -> None:
             if _foldable(conv, bn):
                 module._modules[a] = fold_conv_bn(conv, bn)
                 module._modules[b] = nn.Identity()
+        for a, b in zip(names, names[1:]):  # relu(max(x, y)) == max(relu(x), relu(y))
+            act, pool = module._modules[a], module._modules[b]
+            if type(act) is nn.ReLU and type(pool) is MaxPool2x2 and not _hooked(act):
+                module._modules[a], module._modules[b] = pool, act
 
 
 def inference_form(model: nn.Module) -> nn.Module:
