@@ -4,9 +4,11 @@ Each layer stores only its sparse weight, yet its ``state_dict`` holds the dense
 (and ``bias``) under the keys of the layer it replaces, so a deployed model's checkpoint loads
 into the plain architecture, and a plain checkpoint loads into the deployed model.
 
-CSR layers compute ``W @ X`` with ``X`` laid out (features, examples): that is the layout MKL's
+CSR layers compute ``W @ X`` with ``X`` laid out (features, examples): that is the layout the
 sparse kernels are fast in, and the transposed view they return is already that layout for the
 next sparse layer, so a chain of sparse Linear layers never copies activations in between.
+On a CPU, float32 Linear layers run the native kernel of :mod:`underbudget.deploy.native`
+when it is built; elsewhere torch's CSR product (MKL on CPU, cuSPARSE on CUDA).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from underbudget.deploy import native
 
 # Columns (examples x positions) per sparse product: wider products leave the cache.
 MAX_COLUMNS = 4096
@@ -86,6 +90,7 @@ class _CSRWeight(_SparseWeight):
         self.register_buffer("col", col, persistent=False)
         self.register_buffer("values", values, persistent=False)
         self._csr: Tensor | None = None
+        self._native_key: tuple | None = None  # input size the native offsets are for
 
     def csr(self) -> Tensor:
         """The weight as a CSR matrix (out, in·k·k) sharing the buffers' memory."""
@@ -100,6 +105,7 @@ class _CSRWeight(_SparseWeight):
 
     def _apply(self, fn, recurse=True):
         self._csr = None  # moved or cast: rebuilt from the new buffers on first use
+        self._native_key = None
         return super()._apply(fn, recurse)
 
     def dense_weight(self) -> Tensor:
@@ -156,6 +162,9 @@ class SparseLinear(_CSRWeight):
             lead = x.shape[:-1]
             return self(x.reshape(-1, self.in_features)).reshape(*lead, self.out_features)
         n = x.shape[0]
+        if n > 1 and native.usable(x):  # the CPU kernel: reads, returns the transposed layout
+            return native.csr_linear(x, self.crow, self.col, self.values, bias,
+                                     self.out_features)
         if n == 1:  # matrix-vector: one call, no transposes
             v = x[0]
             out = torch.mv(csr, v) if bias is None else torch.addmv(bias, csr, v)
@@ -196,6 +205,19 @@ class SparseConv1x1(_CSRWeight):
             x = x[:, :, :: self.stride[0], :: self.stride[1]]
         x = x.to(self.values.dtype)
         b, _, h, w = x.shape
+        if b * h * w > 1 and native.usable(x):  # a 1x1 convolution is a run per channel
+            key = (h, w)
+            if self._native_key != key:
+                rows = torch.repeat_interleave(torch.arange(self.out_channels),
+                                               self.crow[1:].diff(prepend=self.crow[:1]))
+                index = torch.stack([rows, self.col.long(), torch.zeros_like(rows),
+                                     torch.zeros_like(rows)], 1)
+                self._native_parts = native.conv_offsets(index, w, h, self.in_channels,
+                                                         self.out_channels, (1, 1))
+                self._native_key = key
+            crow, offsets = self._native_parts
+            return native.sparse_conv2d(x, crow, offsets, self.values, self.bias,
+                                        self.out_channels, (0, 0, 0, 0), (1, 1), (1, 1))
         csr, bias = self.csr(), self.bias
         step = max(1, MAX_COLUMNS // max(1, h * w))  # examples per product
         parts = []

@@ -1,9 +1,14 @@
 """A k x k convolution computed from its nonzero weights only (groups 1, zero padding).
 
 Each nonzero ``w[o, c, i, j]`` adds ``w * x[:, c, i + s*r, j + s*q]`` to output channel ``o``:
-a shifted view of the (padded) input scaled by one number. Two ways to run that, chosen per
-call from the work each would do (``SparseConv2d.method``):
+a shifted view of the (padded) input scaled by one number. Three ways to run that
+(``SparseConv2d.method``); ``"auto"`` takes the native kernel for float32 stride-1 inputs
+on a CPU where it is built, and otherwise picks between the two torch ones from the work
+each would do:
 
+- ``"native"``: :func:`underbudget.deploy.native.sparse_conv2d`, the same shifted-run
+  computation in compiled code, vectorised over 64 output positions at a time (stride 1,
+  float32, CPU).
 - ``"taps"``: one multiply-add over the whole batch per nonzero weight, into the output
   channel it feeds. With stride 1 the shifted views are taken on the padded rows laid end to
   end, so that each one is a contiguous run per example (the few positions that fall between
@@ -25,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from underbudget.deploy import native
 from underbudget.deploy.layers import _bias, _SparseWeight
 
-METHODS = ("auto", "taps", "gather")
+METHODS = ("auto", "native", "taps", "gather")
 
 # Cost model for method="auto", from timing both methods on LeNet-5's and ResNet-20's
 # convolutions (batch 1 to 256, one CPU thread): the taps path costs ~40 us plus ~10 us per
@@ -75,6 +81,7 @@ class SparseConv2d(_SparseWeight):
             raise ValueError("padding='same' needs stride 1 (as in nn.Conv2d)")
         self.pad4 = _pad4(self.padding, self.kernel_size, self.dilation)
         self.method = method
+        self.epilogue: str | None = None  # "relu_pool": set by deploy.fuse_conv_pool
         _bias(self, bias)
 
     @classmethod
@@ -148,8 +155,8 @@ class SparseConv2d(_SparseWeight):
         return x, hp, wp, ho, wo
 
     def choose(self, batch: int, positions: int) -> str:
-        """The method ``"auto"`` runs for ``batch`` examples of ``positions`` outputs each."""
-        if self.method != "auto":
+        """The torch method (taps or gather) for ``batch`` examples of ``positions`` outputs."""
+        if self.method in ("taps", "gather"):
             return self.method
         elements = batch * positions
         per_tap = _TAP_NS if self.stride == (1, 1) else _STRIDED_TAP_NS
@@ -158,11 +165,22 @@ class SparseConv2d(_SparseWeight):
         gather_us = _GATHER_US + self.tap_count * elements * _GATHER_NS * 1e-3
         return "taps" if taps_us <= gather_us else "gather"
 
+    def native_ok(self, x: Tensor) -> bool:
+        """Whether ``x`` can run through the native kernel (stride 1, float32, CPU, built)."""
+        return (self.stride == (1, 1) and x.device.type == "cpu"
+                and self.values.dtype == torch.float32 and native.available())
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.method == "native" or (self.method == "auto" and self.native_ok(x)):
+            return self._native(x)
         x, hp, wp, ho, wo = self._geometry(x)
         if self.choose(x.shape[0], ho * wo) == "taps":
-            return self._taps(x, hp, wp, ho, wo)
-        return self._gather(x, hp, wp, ho, wo)
+            out = self._taps(x, hp, wp, ho, wo)
+        else:
+            out = self._gather(x, hp, wp, ho, wo)
+        if self.epilogue == "relu_pool":
+            out = torch.relu(F.max_pool2d(out, 2))
+        return out
 
     def _tap_offsets(self, hp: int, wp: int) -> list[list[tuple[int, float]]]:
         """Per output channel, (flat input offset, weight) of each of its nonzeros."""
@@ -215,6 +233,25 @@ class SparseConv2d(_SparseWeight):
             return out.view(n, self.out_channels, ho, wp)[..., :wo]
         return out
 
+    def _native(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
+        if self.stride != (1, 1):
+            raise ValueError("the native kernel computes stride-1 convolutions only")
+        x = x.to(self.values.dtype)
+        left, right, top, bottom = self.pad4
+        hp, wp = x.shape[2] + top + bottom, x.shape[3] + left + right
+        key = (hp, wp, "native")
+        if key not in self._offsets:
+            self._offsets[key] = native.conv_offsets(self.index, wp, hp, self.in_channels,
+                                                     self.out_channels, self.dilation)
+        crow, offsets = self._offsets[key]
+        fused = self.epilogue == "relu_pool"
+        return native.sparse_conv2d(x, crow, offsets, self.values, self.bias, self.out_channels,
+                                    self.pad4, self.kernel_size, self.dilation, relu=fused,
+                                    pool=fused)
+
     def _gather(self, x: Tensor, hp: int, wp: int, ho: int, wo: int) -> Tensor:
         n = x.shape[0]
         bias = None if self.bias is None else self.bias.detach().view(1, -1, 1)
@@ -241,4 +278,5 @@ class SparseConv2d(_SparseWeight):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"bias={self.bias is not None}, density={self.density():.4f}, "
-                f"method={self.method!r}")
+                f"method={self.method!r}"
+                + (f", epilogue={self.epilogue!r}" if self.epilogue else ""))
