@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from underbudget import deploy, sparsity
-from underbudget.deploy import convert
+from underbudget.deploy import convert, native
 from underbudget.deploy.rule import conv_threshold
 from underbudget.deploy.sparse_conv import SparseConv2d
 from underbudget.models import create_model
@@ -158,7 +158,28 @@ def test_kxk_convs_are_candidates_only_when_asked():
     assert deploy.to_sparse(nn.Sequential(conv), where="all").sparse_choices == []
 
 
+def test_native_threshold_rule_by_density():
+    cpu = torch.device("cpu")
+    lenet2 = with_nnz(nn.Conv2d(6, 16, 5), 480)  # 20 % of 2400 weights: the limit
+    stem = with_nnz(nn.Conv2d(1, 6, 5, padding=2), 75)  # 25 weights per output: 0.5
+    assert conv_threshold(lenet2, cpu, native_kernels=True)[0] == 480
+    assert conv_threshold(stem, cpu, native_kernels=True)[0] == 75
+    strided = nn.Conv2d(16, 16, 3, stride=2)
+    assert conv_threshold(strided, cpu, native_kernels=True)[0] < 0
+    assert conv_threshold(lenet2, torch.device("cuda"), native_kernels=True)[0] < 0
+    if native.available():
+        denser = with_nnz(nn.Conv2d(6, 16, 5), 481)
+        choices = deploy.sparse_plan(nn.Sequential(lenet2, nn.ReLU(), denser), kxk=True)
+        assert [c.form for c in choices] == ["taps", "dense"]
+        assert "native kernel" in choices[0].reason
+
+
 def test_threshold_rule_picks_taps_up_to_one_nonzero_per_output_channel():
+    with native.disabled():  # the limits of torch's kernels
+        _torch_threshold_rule()
+
+
+def _torch_threshold_rule():
     cpu = torch.device("cpu")
     net = nn.Sequential(
         with_nnz(nn.Conv2d(3, 6, 5, padding=2), 6),  # = out channels, 75 per output: taps

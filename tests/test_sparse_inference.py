@@ -14,6 +14,7 @@ from torch import nn
 
 from underbudget import deploy, sparsity
 from underbudget.deploy import layers as deploy_layers
+from underbudget.deploy import native
 from underbudget.errors import ConfigError
 from underbudget.models import create_model
 
@@ -160,14 +161,26 @@ def test_threshold_rule_by_density_and_size():
     net = nn.Sequential(pruned(nn.Linear(800, 800), 0.05), nn.ReLU(),
                         pruned(nn.Linear(800, 100), 0.05), nn.ReLU(),
                         pruned(nn.Linear(100, 10), 0.05), nn.ReLU(), nn.Linear(10, 10))
-    choices = {c.name: c for c in deploy.sparse_plan(net)}
-    assert choices["0"].form == "csr"  # 640k weights at 5 %
-    assert choices["2"].form == "dense"  # 80k weights: below the size where CSR pays
-    assert choices["4"].form == "dense" and choices["6"].reason == "no zeros"
+    with native.disabled():  # torch's CSR product: only large layers pay
+        choices = {c.name: c for c in deploy.sparse_plan(net)}
+        assert choices["0"].form == "csr"  # 640k weights at 5 %
+        assert choices["2"].form == "dense"  # 80k weights: below the size where CSR pays
+        assert choices["4"].form == "dense" and choices["6"].reason == "no zeros"
+        assert deploy.csr_threshold(640_000, torch.device("cpu")) == 0.15
     empty = nn.Sequential(pruned(nn.Linear(64, 10), 0.0))  # fully pruned, but small
     assert [c.form for c in deploy.sparse_plan(empty)] == ["dense"]
-    assert deploy.csr_threshold(640_000, torch.device("cpu")) == 0.15
-    assert deploy.csr_threshold(640_000, torch.device("cuda")) == 0.0
+    cpu = torch.device("cpu")
+    assert deploy.csr_threshold(640_000, cpu, native_kernels=False) == 0.15
+    assert deploy.csr_threshold(640_000, cpu, native_kernels=True) == 0.3
+    assert deploy.csr_threshold(80_000, cpu, native_kernels=True) == 0.2
+    assert deploy.csr_threshold(80_000, cpu, batch_size=16, native_kernels=True) == 0.0
+    assert deploy.csr_threshold(640_000, cpu, batch_size=1, native_kernels=True) == 0.15
+    assert deploy.csr_threshold(1_000, cpu, native_kernels=True) == 0.0
+    assert deploy.csr_threshold(640_000, torch.device("cuda"), native_kernels=True) == 0.0
+    if native.available():
+        choices = {c.name: c for c in deploy.sparse_plan(net)}
+        assert choices["0"].form == choices["2"].form == "csr"  # 80k weights pay natively
+        assert choices["4"].form == "dense"  # 1k weights never do
     by_density = {c.name: c.form for c in deploy.sparse_plan(net, where=0.1)}
     assert by_density == {"0": "csr", "2": "csr", "4": "csr", "6": "dense"}
     x = torch.randn(4, 800)

@@ -11,10 +11,15 @@ the kernels, when the weights follow that pattern); with ``kxk=True`` other conv
 become :class:`SparseConv2d` (computed from their nonzero weights) where the rule says it
 wins; every other layer stays dense.
 ``fast_pooling`` (or ``to_sparse(..., fast_pool=True)``) swaps 2x2 max-pools for an exact,
-faster formulation.
+faster formulation. On a CPU the sparse layers run the compiled kernels of
+:mod:`underbudget.deploy.native` (built on first use; ``native.available()`` says whether
+they are), and a sparse convolution followed by ReLU and a 2x2 max-pool does both as it
+writes its output (:func:`fuse_conv_pool`).
 """
 
+from underbudget.deploy import native
 from underbudget.deploy.convert import eligible, fast_pooling, sparse_plan, to_dense, to_sparse
+from underbudget.deploy.fuse import PooledAbove, fuse_conv_pool
 from underbudget.deploy.layers import (
     MaxPool2x2,
     SemiStructuredLinear,
@@ -38,6 +43,7 @@ __all__ = [
     "CPU_THRESHOLDS",
     "LayerChoice",
     "MaxPool2x2",
+    "PooledAbove",
     "SemiStructuredLinear",
     "SparseConv1x1",
     "SparseConv2d",
@@ -46,7 +52,9 @@ __all__ = [
     "csr_threshold",
     "eligible",
     "fast_pooling",
+    "fuse_conv_pool",
     "is_two_four",
+    "native",
     "semi_structured_supported",
     "sparse_plan",
     "to_dense",

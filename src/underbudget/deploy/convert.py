@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from underbudget.deploy.fuse import PooledAbove, fuse_conv_pool
 from underbudget.deploy.layers import (
     SPARSE_LAYERS,
     MaxPool2x2,
@@ -30,7 +31,7 @@ from underbudget.errors import ConfigError
 from underbudget.sparsity.mask import MaskSet
 from underbudget.sparsity.targets import unwrap
 
-DEPLOY_LAYERS = (*SPARSE_LAYERS, SparseConv2d)
+DEPLOY_LAYERS = (*SPARSE_LAYERS, SparseConv2d, PooledAbove)
 """Every layer type :func:`to_sparse` puts in, each with a ``to_dense``."""
 
 
@@ -93,7 +94,8 @@ def _input_shapes(net: nn.Module, names: list[str], input_shape, batch_size: int
 
 
 def _decide(name: str, module: nn.Module, kind: str, where, rule: str, device: torch.device,
-            example_shape: tuple[int, ...] | None) -> tuple[LayerChoice, nn.Module | None]:
+            example_shape: tuple[int, ...] | None,
+            batch_size: int = 256) -> tuple[LayerChoice, nn.Module | None]:
     weight = module.weight.detach()
     numel = weight.numel()
     density = int(weight.count_nonzero()) / max(1, numel)
@@ -135,7 +137,7 @@ def _decide(name: str, module: nn.Module, kind: str, where, rule: str, device: t
             return choice, _sparse_form(module, kind, "2:4")
         choice.reason = f"2:4 layer smaller than {SEMI_MIN_DIM} in one dimension"
         return choice, None
-    limit = csr_threshold(numel, device)
+    limit = csr_threshold(numel, device, batch_size)
     if limit > 0 and density <= limit:
         choice.form = "csr"
         choice.reason = f"{note}density <= {limit} for {numel} weights on {device.type}"
@@ -167,7 +169,7 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
               where: str | float = "wins", rule: str = "threshold", batch_size: int = 256,
               input_shape: tuple[int, ...] | None = None,
               device: torch.device | str | None = None, fast_pool: bool = False,
-              kxk: bool = False) -> nn.Module:
+              kxk: bool = False, fuse: bool = True) -> nn.Module:
     """The deploy form of a pruned ``model``: a copy in eval mode with sparse layers.
 
     Linear layers and 1x1 convolutions (groups 1, no padding) are candidates; every other
@@ -182,7 +184,10 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
     ``kxk`` also makes every other Conv2d with one group and zero padding a candidate, whose
     sparse form (``"taps"``) is :class:`~underbudget.deploy.sparse_conv.SparseConv2d`: work
     in proportion to the nonzero weights; the threshold rule for it is in
-    :func:`~underbudget.deploy.rule.conv_threshold`.
+    :func:`~underbudget.deploy.rule.conv_threshold`. With ``fuse`` (the default), a sparse
+    convolution followed by ReLU and a 2x2 max-pool computes both as it writes its output
+    (:func:`~underbudget.deploy.fuse.fuse_conv_pool`); the fused names are kept in
+    ``deployed.fused_layers``.
     """
     _check_where(where)
     if rule not in RULES:
@@ -194,7 +199,8 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
     net.eval()
     if masks is not None:
         _zero_masked(net, masks)
-    named = [(n, m, k) for n, m in net.named_modules() if (k := eligible(m, kxk)) is not None]
+    named = [(n, m, k) for n, m in net.named_modules() if (k := eligible(m, kxk)) is not None
+             and not (m._forward_pre_hooks or m._forward_hooks)]  # hooks would be lost
     shapes = (_input_shapes(net, [n for n, _, _ in named], input_shape, batch_size, dev)
               if rule == "measure" and where == "wins" else {})
     choices, mapping = [], {}
@@ -202,7 +208,7 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
         example = shapes.get(name)
         if example is None and kind == "linear":
             example = (batch_size, module.in_features)
-        choice, sparse = _decide(name, module, kind, where, rule, dev, example)
+        choice, sparse = _decide(name, module, kind, where, rule, dev, example, batch_size)
         choices.append(choice)
         if sparse is not None:
             mapping[id(module)] = sparse
@@ -210,6 +216,7 @@ def to_sparse(model: nn.Module, masks: MaskSet | Mapping[str, Tensor] | None = N
         mapping.update({id(m): MaxPool2x2() for m in net.modules() if MaxPool2x2.fits(m)})
     _replace(net, mapping)
     net.sparse_choices = choices
+    net.fused_layers = fuse_conv_pool(net) if fuse else []
     return net
 
 
@@ -235,8 +242,9 @@ def to_dense(model: nn.Module) -> nn.Module:
         id(m): m.to_dense() for m in net.modules() if isinstance(m, DEPLOY_LAYERS)}
     mapping.update({id(m): nn.MaxPool2d(2) for m in net.modules() if isinstance(m, MaxPool2x2)})
     _replace(net, mapping)
-    if hasattr(net, "sparse_choices"):
-        del net.sparse_choices
+    for attr in ("sparse_choices", "fused_layers"):
+        if hasattr(net, attr):
+            delattr(net, attr)
     return net
 
 

@@ -1,6 +1,33 @@
 """Where a sparse kernel beats the dense one: a documented threshold, or a measurement.
 
-The threshold rule (``rule="threshold"``) comes from timing torch's CSR kernels (MKL) against
+On a CPU where the native kernels (:mod:`underbudget.deploy.native`) are built, the threshold
+rule uses their limits, measured on this project's CPU machine (2 threads) as dense time
+over native time for random zero patterns:
+
+=================================  =====  =====  =====  =====  =====
+layer                              d=.05  d=.1   d=.2   d=.3   d=.5
+=================================  =====  =====  =====  =====  =====
+Linear 784->300, batch 256         4.91   3.13   1.26   1.36   0.84
+Linear 300->100, batch 256         2.06   1.77   1.50   1.23   0.83
+Linear 1024->1024, batch 256       4.66   4.09   2.05   1.33   0.71
+Linear 120->84, batch 256          1.24   1.20   1.20   1.06   0.94
+Linear 784->300, batch 16          2.14   1.93   1.44   1.43   0.91
+Linear 300->100, batch 16          0.89   0.82   0.79   0.74   0.63
+conv 1->6 5x5 (28x28), batch 256   4.43   3.65   3.48   3.31   2.91
+conv 6->16 5x5 (14x14), batch 256  3.05   2.21   1.36   0.96   0.68
+conv 3->16 3x3 (32x32), batch 256  5.00   5.79   4.67   4.00   3.93
+conv 64->64 3x3 (8x8), batch 256   2.36   1.82   1.25   0.85   0.50
+conv 6->16 5x5 (14x14), batch 16   2.43   2.81   2.26   1.82   1.31
+=================================  =====  =====  =====  =====  =====
+
+So with them: Linear layers (and 1x1 convolutions) of at least 100k weights at density <= 0.3
+and of 20k to 100k weights at <= 0.2 for batches of 64 or more; of 100k weights or more at
+<= 0.2 for batches of 2 to 63 (``NATIVE_THRESHOLDS``, ``NATIVE_SMALL_BATCH``); stride-1 k x k
+convolutions at density <= 0.2, or <= 0.5 where an output channel reduces over fewer than
+``CONV_MIN_REDUCTION`` weights. A single example runs torch's matrix-vector product, so the
+torch limits below apply to it. The tables below are the limits without the native kernels.
+
+The torch rule comes from timing torch's CSR kernels (MKL) against
 dense ones on a CPU for Linear layers of 1k to 1M weights and 1x1 convolutions, at batch
 sizes 1, 16 and 256. The sparse product pays a fixed cost per call and reaches only a small
 fraction of the dense kernel's arithmetic rate, so it wins only on large layers at low
@@ -60,7 +87,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from underbudget.deploy import native
+
 CPU_THRESHOLDS: tuple[tuple[int, float], ...] = ((500_000, 0.15), (100_000, 0.07))
+NATIVE_THRESHOLDS: tuple[tuple[int, float], ...] = ((100_000, 0.3), (20_000, 0.2))
+NATIVE_SMALL_BATCH: tuple[tuple[int, float], ...] = ((100_000, 0.2),)
+NATIVE_CONV_DENSITY = 0.2
+NATIVE_CONV_FEW_INPUTS_DENSITY = 0.5
 SEMI_MIN_DIM = 256
 CONV_MIN_REDUCTION = 64
 MARGIN = 1.1
@@ -84,29 +117,53 @@ class LayerChoice:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def csr_threshold(numel: int, device: torch.device) -> float:
-    """Highest density at which the threshold rule picks CSR for a layer of ``numel`` weights."""
+def _native(device: torch.device, native_kernels: bool | None) -> bool:
+    if device.type != "cpu":
+        return False
+    return native.available() if native_kernels is None else native_kernels
+
+
+def csr_threshold(numel: int, device: torch.device, batch_size: int = 256,
+                  native_kernels: bool | None = None) -> float:
+    """Highest density at which the threshold rule picks CSR for a layer of ``numel`` weights.
+
+    On a CPU with the native kernels (``native_kernels=None``: whether they are built) and
+    batches of 2 or more, the limits are ``NATIVE_THRESHOLDS`` (``NATIVE_SMALL_BATCH`` below
+    64 examples); otherwise ``CPU_THRESHOLDS`` (torch's CSR product), and 0 off the CPU.
+    """
     if device.type != "cpu":
         return 0.0
-    for min_numel, max_density in CPU_THRESHOLDS:
+    if _native(device, native_kernels) and batch_size > 1:
+        table = NATIVE_THRESHOLDS if batch_size >= 64 else NATIVE_SMALL_BATCH
+    else:
+        table = CPU_THRESHOLDS
+    for min_numel, max_density in table:
         if numel >= min_numel:
             return max_density
     return 0.0
 
 
-def conv_threshold(layer: nn.Module, device: torch.device) -> tuple[int, str]:
-    """(most nonzeros at which the threshold rule picks the taps form, why) for a k x k conv.
+def conv_threshold(layer: nn.Module, device: torch.device,
+                   native_kernels: bool | None = None) -> tuple[int, str]:
+    """(most nonzeros at which the threshold rule picks the sparse form, why) for a k x k conv.
 
-    On a CPU, for stride 1 and at least ``CONV_MIN_REDUCTION`` weights per output channel
-    (in_channels x kh x kw): as many nonzeros as the layer has output channels. Otherwise -1
-    (always dense): strided convolutions, stems with few weights per output (where oneDNN's
-    dense kernel is already cheap per output), and other devices. See the module's table.
+    On a CPU, stride 1 only. With the native kernels: ``NATIVE_CONV_DENSITY`` of the weights,
+    or ``NATIVE_CONV_FEW_INPUTS_DENSITY`` where an output channel reduces over fewer than
+    ``CONV_MIN_REDUCTION`` weights (oneDNN is slow on such stems). With torch's kernels only:
+    as many nonzeros as output channels, and only for at least ``CONV_MIN_REDUCTION`` weights
+    per output. Otherwise -1 (always dense). See the module's tables.
     """
     if device.type != "cpu":
-        return -1, f"the taps form stays dense on {device.type}"
+        return -1, f"the sparse convolution stays dense on {device.type}"
     if tuple(layer.stride) != (1, 1):
         return -1, "strided convolutions stay dense"
     reduction = int(layer.weight[0].numel())
+    if _native(device, native_kernels):
+        few = reduction < CONV_MIN_REDUCTION
+        limit = NATIVE_CONV_FEW_INPUTS_DENSITY if few else NATIVE_CONV_DENSITY
+        why = (f"native kernel, density <= {limit}"
+               + (f" ({reduction} weights per output channel)" if few else ""))
+        return int(limit * layer.weight.numel()), why
     if reduction < CONV_MIN_REDUCTION:
         return -1, (f"{reduction} weights per output channel < {CONV_MIN_REDUCTION}: "
                     "the dense kernel is cheap per output")
