@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from underbudget.deploy.layers import MaxPool2x2
+from underbudget import sparsity
+from underbudget.deploy import native
+from underbudget.deploy.layers import MaxPool2x2, SparseLinear
+from underbudget.deploy.sparse_conv import SparseConv2d
 from underbudget.models import create_model
 from underbudget.train.evaluate import evaluate
-from underbudget.train.inference_form import fold_conv_bn, inference_form, rewrites
+from underbudget.train.inference_form import (
+    fold_conv_bn,
+    has_pruned_layers,
+    inference_form,
+    rewrites,
+    sparse_kernels_help,
+)
+
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason=f"native kernels: {native.unavailable_reason()}")
 
 
 def _trained_stats(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -91,3 +104,53 @@ def test_evaluate_reports_the_same_numbers_in_either_form():
     assert (plain["acc"], plain["errors"], plain["n"]) == (fast["acc"], fast["errors"], fast["n"])
     assert abs(plain["loss"] - fast["loss"]) < 1e-5
     torch.testing.assert_close(fast["logits"], plain["logits"], rtol=1e-5, atol=1e-5)
+
+
+def _pruned_lenet(scope: str = "layerwise") -> nn.Module:
+    model = create_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=0)
+    sparsity.prune(model, 0.1, "magnitude", scope)
+    return model
+
+
+@needs_native
+def test_sparse_form_runs_pruned_layers_on_sparse_kernels_with_the_same_logits():
+    model = _pruned_lenet()
+    form = inference_form(model, sparse=True, batch_size=256)
+    assert isinstance(form.conv1, SparseConv2d) and form.fused_layers == ["conv1", "conv2"]
+    assert isinstance(form.fc1, SparseLinear)
+    assert type(model.conv1) is nn.Conv2d  # the model itself is untouched
+    assert not any(p.requires_grad for p in form.parameters())
+    x = torch.randn(40, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(form(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    dense = create_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=0)
+    assert not has_pruned_layers(dense) and has_pruned_layers(model)
+    assert not any(isinstance(m, SparseConv2d)
+                   for m in inference_form(dense, sparse=True).modules())
+
+
+@needs_native
+def test_evaluate_uses_the_sparse_form_on_cpu_and_reports_the_same_numbers():
+    torch.manual_seed(2)
+    x = torch.randn(300, 1, 28, 28)
+    y = torch.randint(0, 10, (300,))
+    model = _pruned_lenet("global")
+    assert sparse_kernels_help(model, torch.device("cpu"))
+    assert not sparse_kernels_help(model, torch.device("meta"))
+    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)]
+    plain = evaluate(model, batches, inference=False, return_logits=True)
+    fast = evaluate(model, batches, return_logits=True)
+    assert (plain["acc"], plain["errors"], plain["n"]) == (fast["acc"], fast["errors"], fast["n"])
+    assert abs(plain["loss"] - fast["loss"]) < 1e-5
+    torch.testing.assert_close(fast["logits"], plain["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_hooked_pruned_layer_keeps_its_dense_form_and_its_hook():
+    model = _pruned_lenet()
+    calls = []
+    model.fc1.register_forward_pre_hook(lambda module, args: calls.append(1))
+    form = inference_form(model, sparse=True)
+    assert type(form.fc1) is nn.Linear
+    with torch.inference_mode():
+        form(torch.randn(2, 1, 28, 28))
+    assert calls == [1]

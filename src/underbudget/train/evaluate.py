@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from underbudget.data.loader import Loader
-from underbudget.train.inference_form import inference_form, rewrites
+from underbudget.train.inference_form import inference_form, rewrites, sparse_kernels_help
 
 # Largest evaluation batch chosen automatically on CUDA, and the share of free device memory
 # the float input batch may take (activations of a conv net are a few dozen times the input).
@@ -155,17 +155,19 @@ def _one_pass(forward: Callable, loader: Iterable, device: torch.device, amp: bo
 
 
 def _inference_model(model: torch.nn.Module, forward, device: torch.device,
-                     requested: bool | None) -> torch.nn.Module | None:
+                     requested: bool | None, batch_size: int | None) -> torch.nn.Module | None:
     """The model's inference form for this pass, or None to evaluate ``model`` as it is.
 
     None (the default) is "where it helps": on a CPU, when the pass runs the model itself
-    (not a compiled or custom forward) and the form changes something.
+    (not a compiled or custom forward) and the form changes something; pruned layers then
+    run sparse kernels where they win at this pass's batch size.
     """
     if requested is False or (forward is not None and forward is not model):
         return None
-    if requested is None and (device.type != "cpu" or not rewrites(model)):
+    sparse = sparse_kernels_help(model, device)
+    if requested is None and (device.type != "cpu" or not (rewrites(model) or sparse)):
         return None
-    return inference_form(model)
+    return inference_form(model, sparse=sparse, batch_size=batch_size or 256)
 
 
 def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | None = None,
@@ -184,12 +186,13 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | Non
     :mod:`.inference_form`; None: on a CPU, where it changes something).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    fast = _inference_model(model, forward, device, inference)
+    size = eval_batch_size(loader, device, batch_size)
+    fast = _inference_model(model, forward, device, inference,
+                            size or getattr(loader, "batch_size", None))
     if fast is not None:
         model = forward = fast
     forward = forward if forward is not None else model
     inputs_cl, weights_cl = channels_last_plan(model, device, forward, channels_last)
-    size = eval_batch_size(loader, device, batch_size)
     was_training = model.training
     model.eval()
     layout = _channels_last_weights(model) if weights_cl else contextlib.nullcontext()

@@ -10,6 +10,13 @@
 - a ReLU directly followed by such a pool (in an ``nn.Sequential``) runs after it, on a
   quarter of the values (the maximum of rectified values is the rectified maximum).
 
+- with ``sparse=True`` (what evaluation asks for on a CPU where the native kernels are
+  built), pruned Linear layers and convolutions run sparse kernels where the documented
+  threshold rule of :mod:`underbudget.deploy.rule` says they win at the evaluation batch
+  size, with ReLU and 2x2 max-pool fused into a sparse convolution's output
+  (:func:`underbudget.deploy.to_sparse`); the sums run in another order, so logits move
+  by rounding only.
+
 Folding is exact in real arithmetic; in float32 the logits move by rounding only (about 1e-6
 relative). Zero weights stay zero, so a pruned convolution keeps its density. A layer with
 hooks (an input quantizer, a cost meter) is left as it is, and so is every module of another
@@ -23,6 +30,8 @@ import copy
 import torch
 from torch import nn
 
+from ..deploy import native
+from ..deploy.convert import eligible, to_sparse
 from ..deploy.layers import MaxPool2x2
 
 
@@ -69,14 +78,32 @@ def _rewrite(module: nn.Module) -> None:
                 module._modules[a], module._modules[b] = pool, act
 
 
-def inference_form(model: nn.Module) -> nn.Module:
+def inference_form(model: nn.Module, sparse: bool = False,
+                   batch_size: int = 256) -> nn.Module:
     """A copy of ``model`` in eval mode, with pools and conv-BN pairs in their inference form
-    (see the module docstring); ``model`` itself is not touched."""
+    and, with ``sparse``, sparse kernels where they win for ``batch_size`` examples (see the
+    module docstring); ``model`` itself is not touched."""
     net = copy.deepcopy(model).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     _rewrite(net)
+    if sparse and has_pruned_layers(net):
+        net = to_sparse(net, where="wins", rule="threshold", batch_size=batch_size, kxk=True)
+        for p in net.parameters():
+            p.requires_grad_(False)
     return net
+
+
+def has_pruned_layers(model: nn.Module) -> bool:
+    """Whether a Linear or convolution that a sparse form exists for has zero weights."""
+    return any(eligible(m, kxk=True) is not None and not _hooked(m)
+               and bool((m.weight == 0).any()) for m in model.modules())
+
+
+def sparse_kernels_help(model: nn.Module, device: torch.device) -> bool:
+    """Whether evaluation on ``device`` should ask for the sparse form: a CPU with the native
+    kernels built, and pruned layers in ``model``."""
+    return device.type == "cpu" and native.available() and has_pruned_layers(model)
 
 
 def rewrites(model: nn.Module) -> bool:
