@@ -1,22 +1,24 @@
-"""Inference of pruned networks with dense kernels versus their sparse deploy form.
+"""Inference of pruned networks: dense kernels versus the sparse deploy form.
 
 For MLP and LeNet-5 (1x28x28) and ResNet-20 (3x32x32), each pruned by magnitude (``--scope``,
 global by default, on the seeded initial weights) to every density in ``--densities``, and
-each batch size in ``--batches``, three variants of the same weights are timed, interleaved
+each batch size in ``--batches``, these forms of the same weights are timed, interleaved
 round by round (median over rounds, so machine load affects them alike):
 
-- ``dense``: the pruned model as it is (zeros computed by dense kernels);
-- ``wins``: ``deploy.to_sparse(model, where="wins", rule=--rule, kxk=True)``, a sparse form
-  (CSR for Linear / 1x1 conv, ``SparseConv2d`` for k x k conv) where the rule says;
-- ``all``: ``deploy.to_sparse(model, where="all", kxk=True)``, every eligible layer sparse;
-- for models with 2x2 max-pools (LeNet-5) also ``pool`` (``deploy.fast_pooling``: dense
-  kernels, exact faster pooling) and ``wins_pool`` (``to_sparse(..., fast_pool=True)``), so
-  that the sparse kernels' share and the whole deploy form's gain are told apart.
+- ``plain``: the pruned model as it is (zeros computed by dense kernels, torch's pooling);
+- ``dense``: ``deploy.fast_pooling(model)``, the deployed form with dense kernels: the
+  baseline of every ratio, so that they measure the sparse kernels and nothing else;
+- ``torch_sparse``: ``to_sparse(..., where="wins", rule=--rule, kxk=True, fast_pool=True,
+  fuse=False)`` with the native kernels disabled (torch's CSR product, torch-level
+  sparse convolution);
+- ``native``: the same with the native kernels (:mod:`underbudget.deploy.native`);
+- ``native_fused``: the deploy form ``to_sparse`` gives by default: native kernels, and
+  sparse convolutions that apply the following ReLU and 2x2 max-pool as they write.
 
-Prints one JSON object: images/s of each variant, the ratios ``<variant>_over_dense`` (> 1:
-faster than the pruned model with dense kernels), the largest logit difference to the dense
-model, the layers converted, and whether the target (MLP and LeNet-5 at least 1.5x faster at
-density <= 0.1, for the largest batch) holds.
+Prints one JSON object: images/s of each form, the ratios ``<form>_over_dense`` (> 1: faster
+than dense kernels), the largest logit difference to the plain model, the layers made
+sparse and fused, and whether the target (MLP and LeNet-5 at least 1.5x faster than dense at
+density <= 0.1 for the largest batch, in the deploy form ``native_fused``) holds.
 
     python benchmarks/bench_sparse_inference.py [--quick] [--threads N] [--rule measure]
 """
@@ -69,6 +71,24 @@ def _time(variants: dict, x: torch.Tensor, rounds: int, seconds: float,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _forms(model, rule: str, batch: int, shape: tuple[int, ...]) -> dict:
+    options = dict(where="wins", rule=rule, batch_size=batch, input_shape=shape, kxk=True,
+                   fast_pool=True)
+    with deploy.native.disabled():
+        torch_sparse = deploy.to_sparse(model, fuse=False, **options)
+
+    def run_torch(x):
+        with deploy.native.disabled():
+            return torch_sparse(x)
+
+    forms = {"plain": model, "dense": deploy.fast_pooling(model), "torch_sparse": run_torch}
+    nets = {"torch_sparse": torch_sparse}
+    if deploy.native.available():
+        nets["native"] = forms["native"] = deploy.to_sparse(model, fuse=False, **options)
+        nets["native_fused"] = forms["native_fused"] = deploy.to_sparse(model, **options)
+    return forms, nets
+
+
 def measure(name: str, density: float, batches: list[int], args, device) -> dict:
     channels, size = CASES[name]
     model = create_model(name, num_classes=10, in_channels=channels, image_size=size, seed=0)
@@ -80,32 +100,22 @@ def measure(name: str, density: float, batches: list[int], args, device) -> dict
     gen = torch.Generator().manual_seed(0)
     for batch in batches:
         x = torch.randn(batch, channels, size, size, generator=gen).to(device)
-        variants = {
-            "dense": model,
-            "wins": deploy.to_sparse(model, where="wins", rule=args.rule, batch_size=batch,
-                                     input_shape=(channels, size, size), kxk=True),
-            "all": deploy.to_sparse(model, where="all", kxk=True),
-        }
-        if any(isinstance(m, deploy.MaxPool2x2) for m in deploy.fast_pooling(model).modules()):
-            variants["pool"] = deploy.fast_pooling(model)
-            variants["wins_pool"] = deploy.to_sparse(
-                model, where="wins", rule=args.rule, batch_size=batch,
-                input_shape=(channels, size, size), fast_pool=True, kxk=True)
+        forms, nets = _forms(model, args.rule, batch, (channels, size, size))
         with torch.inference_mode():
             ref = model(x)
-            outs = [v(x) for k, v in variants.items() if k != "dense"]
+            outs = [fn(x) for k, fn in forms.items() if k != "plain"]
             diff = max(float((o - ref).abs().max()) for o in outs)
             same = all(bool(torch.equal(o.argmax(1), ref.argmax(1))) for o in outs)
-        t = _time(variants, x, args.rounds, args.seconds, device)
-        row = {f"{k}_images_per_s": round(batch / t[k], 1) for k in variants}
-        row.update({f"{k}_over_dense": round(t["dense"] / t[k], 3) for k in variants
+        t = _time(forms, x, args.rounds, args.seconds, device)
+        row = {f"{k}_images_per_s": round(batch / t[k], 1) for k in forms}
+        row.update({f"{k}_over_dense": round(t["dense"] / t[k], 3) for k in forms
                     if k != "dense"})
         row.update({
             "max_abs_logit_diff": diff,
             "same_predictions": same,
-            "wins_layers": [c.name for c in variants["wins"].sparse_choices
-                            if c.form != "dense"],
-            "all_layers": [c.name for c in variants["all"].sparse_choices if c.form != "dense"],
+            **{f"{k}_layers": [c.name for c in net.sparse_choices if c.form != "dense"]
+               for k, net in nets.items()},
+            "fused_layers": nets["native_fused"].fused_layers if "native_fused" in nets else [],
         })
         out["batches"][str(batch)] = row
     return out
@@ -131,8 +141,9 @@ def main() -> None:
     results = {name: {str(d): measure(name, d, args.batches, args, device)
                       for d in args.densities} for name in args.models}
     big = str(max(args.batches))
+    target_form = "native_fused" if deploy.native.available() else "torch_sparse"
     checked = {
-        f"{name}@{d}": results[name][d]["batches"][big]["wins_over_dense"]
+        f"{name}@{d}": results[name][d]["batches"][big][f"{target_form}_over_dense"]
         for name in TARGET["models"] if name in results
         for d in results[name] if float(d) <= TARGET["max_density"]
     }
@@ -144,8 +155,9 @@ def main() -> None:
         "machine": platform.machine(),
         "scope": args.scope,
         "rule": args.rule,
+        "native_kernels": deploy.native.available() or deploy.native.unavailable_reason(),
         "results": results,
-        "target": {**TARGET, "batch": int(big), "ratios": checked,
+        "target": {**TARGET, "batch": int(big), "form": target_form, "ratios": checked,
                    "met": bool(checked) and min(checked.values()) >= TARGET["ratio"]},
     }))
 
