@@ -70,6 +70,30 @@ def test_pruned_run_exports_sparse_and_loads_back_bit_for_bit(tmp_path, capsys):
         "test_acc"]
     assert card["data"]["train_examples"] == 256 and card["config"]["sparsity"]["density"] == 0.2
     assert "| density |" in (run / "export" / "model_card.md").read_text()
+    plan = card["inference"]  # layers of 2k weights: every one stays dense
+    assert plan["sparse_layers"] == {} and plan["batch_size"] == 256
+    fast = load_model(run / "export", sparse=True)
+    assert [c.form for c in fast.sparse_choices] == ["dense", "dense"]
+    x = torch.randn(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), load_model(run / "export").eval()(x), atol=1e-6)
+
+
+def test_inference_plan_names_the_sparse_and_fused_layers():
+    from underbudget import sparsity
+    from underbudget.deploy import native
+    from underbudget.export.run import inference_plan
+
+    model = create_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=0)
+    sparsity.prune(model, 0.1, "magnitude", "layerwise")
+    arch = {"model": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 28,
+            "kwargs": {}, "verified": True}
+    plan = inference_plan(arch, model.state_dict())
+    assert plan["native_kernels"] == native.available()
+    if native.available():
+        assert plan["sparse_layers"]["conv1"] == "taps" and plan["sparse_layers"]["fc1"] == "csr"
+        assert plan["fused_layers"] == ["conv1", "conv2"]
+    assert inference_plan({**arch, "verified": False}, model.state_dict()) is None
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -123,11 +123,19 @@ def card_markdown(card: dict) -> str:
         lines += ["", "## Quantized layers", "", "| layer | bits | levels used |",
                   "|---|---:|---:|"]
         lines += [f"| `{n}` | {v['bits']} | {v['levels_used']} |" for n, v in q["layers"].items()]
+    plan = card.get("inference")
+    if plan and plan["sparse_layers"]:
+        kernels = "native" if plan["native_kernels"] else "torch"
+        lines += ["", f"## Inference (CPU, batch {plan['batch_size']}, {kernels} kernels, "
+                  "at export)", "", "| layer | form |", "|---|---|"]
+        lines += [f"| `{n}` | {f}" + (" + ReLU + pool" if n in plan["fused_layers"] else "")
+                  + " |" for n, f in plan["sparse_layers"].items()]
     best = list(card["files"].values())[-1]["file"]
     lines += ["", "## Loading", "", "```python", "from underbudget.export import load_model, "
               "read_export", "", 'state = read_export("' + best + '")  # the exact state dict']
     if a["verified"]:
         lines.append('model = load_model(".")  # the plain architecture with these weights')
+        lines.append('fast = load_model(".", sparse=True)  # sparse kernels where they win')
     lines += ["```", "", "## Config", "", "```yaml",
               yaml.safe_dump(card["config"], sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file
 
+from ..deploy import native, to_sparse
 from ..errors import CheckpointError, ConfigError
 from ..models import read_state_dict
 from ..runs.architecture import architecture, build_model
@@ -124,6 +125,7 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     files = {form: {"file": f"{form}.safetensors", "bytes": len(data)}
              for form, data in forms.items()}
     card = make_card(src, arch, state, masks, quant, files)
+    card["inference"] = inference_plan(arch, state)
     clean_stale_temps(out_dir)
     written = {}
     for form in FORMS:
@@ -139,9 +141,29 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     return ExportResult(out_dir, written, sizes, card)
 
 
-def load_model(export_dir: str | os.PathLike,
-               device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The plain architecture of an export, built from its card, holding its weights."""
+def inference_plan(arch: dict, state: dict, batch_size: int = 256) -> dict | None:
+    """Which layers the deploy form runs on sparse kernels on this machine (CPU, threshold
+    rule, ``batch_size`` examples), and which convolutions it fuses; None when the card cannot
+    build the architecture."""
+    if not arch.get("verified"):
+        return None
+    model = build_model(arch)
+    model.load_state_dict(state, strict=True)
+    deployed = to_sparse(model, kxk=True, batch_size=batch_size, device="cpu")
+    return {"device": "cpu", "batch_size": batch_size, "native_kernels": native.available(),
+            "sparse_layers": {c.name: c.form for c in deployed.sparse_choices
+                              if c.form != "dense"},
+            "fused_layers": list(deployed.fused_layers)}
+
+
+def load_model(export_dir: str | os.PathLike, device: str | torch.device = "cpu",
+               sparse: bool = False, batch_size: int = 256) -> torch.nn.Module:
+    """The plain architecture of an export, built from its card, holding its weights.
+
+    With ``sparse``, its deploy form instead (:func:`underbudget.deploy.to_sparse`): sparse
+    kernels where the threshold rule says they win for ``batch_size`` examples on ``device``,
+    with conv-ReLU-pool fusion; the same logits up to float rounding.
+    """
     folder = Path(export_dir)
     try:
         card = json.loads((folder / CARD_JSON).read_text(encoding="utf-8"))
@@ -155,4 +177,6 @@ def load_model(export_dir: str | os.PathLike,
     model = build_model(arch)
     form = next(f for f in reversed(FORMS) if f in card["files"])
     model.load_state_dict(read_export(folder / card["files"][form]["file"]), strict=True)
+    if sparse:
+        return to_sparse(model, kxk=True, batch_size=batch_size, device=device)
     return model.to(device)
