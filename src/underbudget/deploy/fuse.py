@@ -74,6 +74,8 @@ def fuse_conv_pool(net: nn.Module) -> list[str]:
 
     Returns the names of the fused convolutions (empty when the model does not trace).
     """
+    if not any(isinstance(m, SparseConv2d) for m in net.modules()):
+        return []  # nothing to fuse: skip the trace
     try:
         graph = _Tracer().trace(net)
     except Exception:  # data-dependent control flow and the like: leave the model as it is
