@@ -11,13 +11,14 @@ from underbudget.deploy import native
 from underbudget.deploy.layers import MaxPool2x2, SparseLinear
 from underbudget.deploy.sparse_conv import SparseConv2d
 from underbudget.models import create_model
-from underbudget.train.evaluate import evaluate
+from underbudget.train.evaluate import SPARSE_MIN_EXAMPLES, _inference_model, evaluate
 from underbudget.train.inference_form import (
     fold_conv_bn,
     has_pruned_layers,
     inference_form,
     rewrites,
     sparse_kernels_help,
+    sparse_wins,
 )
 
 needs_native = pytest.mark.skipif(not native.available(),
@@ -106,6 +107,12 @@ def test_evaluate_reports_the_same_numbers_in_either_form():
     torch.testing.assert_close(fast["logits"], plain["logits"], rtol=1e-5, atol=1e-5)
 
 
+class Batches(list):
+    """A list of batches that says how many examples it holds, as the data loaders do."""
+
+    num_examples: int
+
+
 def _pruned_lenet(scope: str = "layerwise") -> nn.Module:
     model = create_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=0)
     sparsity.prune(model, 0.1, "magnitude", scope)
@@ -125,6 +132,12 @@ def test_sparse_form_runs_pruned_layers_on_sparse_kernels_with_the_same_logits()
         torch.testing.assert_close(form(x), model.eval()(x), rtol=1e-5, atol=1e-5)
     dense = create_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=0)
     assert not has_pruned_layers(dense) and has_pruned_layers(model)
+    assert sparse_wins(model) and not sparse_wins(dense)
+    small = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        small[0].weight[:, ::2] = 0  # pruned, but 2k weights: the rule keeps it dense
+    assert has_pruned_layers(small) and not sparse_wins(small)
+    assert not hasattr(inference_form(small, sparse=True), "sparse_choices")  # no conversion
     assert not any(isinstance(m, SparseConv2d)
                    for m in inference_form(dense, sparse=True).modules())
 
@@ -137,7 +150,15 @@ def test_evaluate_uses_the_sparse_form_on_cpu_and_reports_the_same_numbers():
     model = _pruned_lenet("global")
     assert sparse_kernels_help(model, torch.device("cpu"))
     assert not sparse_kernels_help(model, torch.device("meta"))
-    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)]
+    batches = Batches((x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100))
+    batches.num_examples = 300
+    cpu = torch.device("cpu")
+    assert _inference_model(model, None, cpu, None, 100, batches) is not None
+    assert not any(isinstance(m, SparseConv2d)
+                   for m in _inference_model(model, None, cpu, None, 100, batches).modules())
+    batches.num_examples = SPARSE_MIN_EXAMPLES  # (a count large enough to pay for the form)
+    form = _inference_model(model, None, cpu, None, 100, batches)
+    assert [c.name for c in form.sparse_choices if c.form != "dense"] == ["fc1"]  # 0.16 %
     plain = evaluate(model, batches, inference=False, return_logits=True)
     fast = evaluate(model, batches, return_logits=True)
     assert (plain["acc"], plain["errors"], plain["n"]) == (fast["acc"], fast["errors"], fast["n"])
@@ -154,3 +175,16 @@ def test_a_hooked_pruned_layer_keeps_its_dense_form_and_its_hook():
     with torch.inference_mode():
         form(torch.randn(2, 1, 28, 28))
     assert calls == [1]
+
+
+@needs_native
+def test_a_folded_convnet_fuses_through_the_identity_its_batch_norm_leaves():
+    model = create_model("convnet", num_classes=10, in_channels=1, image_size=28,
+                         widths=[8, 16, 32], seed=0)
+    x = torch.randn(64, 1, 28, 28)
+    model = _trained_stats(model, x)
+    sparsity.prune(model, 0.1, "magnitude", "layerwise")
+    form = inference_form(model, sparse=True)
+    assert len(form.fused_layers) >= 2
+    with torch.inference_mode():
+        torch.testing.assert_close(form(x), model.eval()(x), rtol=1e-4, atol=1e-4)

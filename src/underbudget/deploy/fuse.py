@@ -4,7 +4,8 @@ A small conv net at inference spends as much time streaming its largest activati
 memory (the convolution writes them, ReLU reads and writes them, the pool reads them) as
 computing them. :func:`fuse_conv_pool` finds, by tracing the model with :mod:`torch.fx`, each
 :class:`~underbudget.deploy.sparse_conv.SparseConv2d` (stride 1) whose only consumer is a ReLU
-whose only consumer is a 2x2 max-pool (or the pool then the ReLU: max commutes with ReLU),
+whose only consumer is a 2x2 max-pool (or the pool then the ReLU: max commutes with ReLU;
+``nn.Identity`` modules in between, like the one a folded batch norm leaves, are skipped),
 and has the convolution emit ``relu(max_pool(conv(x)))`` directly. The model keeps its class
 and its ``forward``: the pool module becomes :class:`PooledAbove`, which passes its input
 through, and the ReLU still runs, on the pooled values, where it changes nothing. A model
@@ -59,9 +60,16 @@ def _is_pool(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return type(module) is MaxPool2x2 or MaxPool2x2.fits(module)
 
 
-def _only_user(node: torch.fx.Node) -> torch.fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
+def _only_user(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node | None:
+    """The one consumer of ``node``, looking through ``nn.Identity`` modules (a folded
+    batch norm leaves one); None when there are several."""
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if not (node.op == "call_module" and type(modules.get(node.target)) is nn.Identity):
+            return node
 
 
 def _set_module(net: nn.Module, name: str, module: nn.Module) -> None:
@@ -91,8 +99,8 @@ def fuse_conv_pool(net: nn.Module) -> list[str]:
         if (not isinstance(conv, SparseConv2d) or conv.stride != (1, 1) or conv.epilogue
                 or calls[node.target] != 1):
             continue
-        first = _only_user(node)
-        second = _only_user(first) if first is not None else None
+        first = _only_user(node, modules)
+        second = _only_user(first, modules) if first is not None else None
         if second is None:
             continue
         if _is_relu(first, modules) and _is_pool(second, modules):

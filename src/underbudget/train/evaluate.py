@@ -154,17 +154,25 @@ def _one_pass(forward: Callable, loader: Iterable, device: torch.device, amp: bo
     return out
 
 
+SPARSE_MIN_EXAMPLES = 1024
+
+
 def _inference_model(model: torch.nn.Module, forward, device: torch.device,
-                     requested: bool | None, batch_size: int | None) -> torch.nn.Module | None:
+                     requested: bool | None, batch_size: int | None,
+                     loader=None) -> torch.nn.Module | None:
     """The model's inference form for this pass, or None to evaluate ``model`` as it is.
 
     None (the default) is "where it helps": on a CPU, when the pass runs the model itself
     (not a compiled or custom forward) and the form changes something; pruned layers then
-    run sparse kernels where they win at this pass's batch size.
+    run sparse kernels where they win at this pass's batch size, for a pass over at least
+    ``SPARSE_MIN_EXAMPLES`` examples (a known count): building the sparse form costs about
+    what the kernels save on 500 examples of a small conv net.
     """
     if requested is False or (forward is not None and forward is not model):
         return None
-    sparse = sparse_kernels_help(model, device)
+    examples = getattr(loader, "num_examples", None)
+    sparse = (examples is not None and examples >= SPARSE_MIN_EXAMPLES
+              and sparse_kernels_help(model, device))
     if requested is None and (device.type != "cpu" or not (rewrites(model) or sparse)):
         return None
     return inference_form(model, sparse=sparse, batch_size=batch_size or 256)
@@ -188,7 +196,7 @@ def evaluate(model: torch.nn.Module, loader, *, device: torch.device | str | Non
     device = torch.device(device) if device is not None else next(model.parameters()).device
     size = eval_batch_size(loader, device, batch_size)
     fast = _inference_model(model, forward, device, inference,
-                            size or getattr(loader, "batch_size", None))
+                            size or getattr(loader, "batch_size", None), loader)
     if fast is not None:
         model = forward = fast
     forward = forward if forward is not None else model

@@ -33,6 +33,7 @@ from torch import nn
 from ..deploy import native
 from ..deploy.convert import eligible, to_sparse
 from ..deploy.layers import MaxPool2x2
+from ..deploy.rule import conv_threshold, csr_threshold
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -87,7 +88,7 @@ def inference_form(model: nn.Module, sparse: bool = False,
     for p in net.parameters():
         p.requires_grad_(False)
     _rewrite(net)
-    if sparse and has_pruned_layers(net):
+    if sparse and sparse_wins(net, batch_size):
         net = to_sparse(net, where="wins", rule="threshold", batch_size=batch_size, kxk=True)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -98,6 +99,25 @@ def has_pruned_layers(model: nn.Module) -> bool:
     """Whether a Linear or convolution that a sparse form exists for has zero weights."""
     return any(eligible(m, kxk=True) is not None and not _hooked(m)
                and bool((m.weight == 0).any()) for m in model.modules())
+
+
+def sparse_wins(model: nn.Module, batch_size: int = 256) -> bool:
+    """Whether the threshold rule puts any layer of ``model`` on sparse kernels on a CPU at
+    ``batch_size`` (checked without building anything)."""
+    cpu = torch.device("cpu")
+    for m in model.modules():
+        kind = eligible(m, kxk=True)
+        if kind is None or _hooked(m):
+            continue
+        nnz, numel = int(m.weight.count_nonzero()), m.weight.numel()
+        if nnz == numel:
+            continue
+        if kind == "conv":
+            if nnz <= conv_threshold(m, cpu)[0]:
+                return True
+        elif nnz / numel <= csr_threshold(numel, cpu, batch_size):
+            return True
+    return False
 
 
 def sparse_kernels_help(model: nn.Module, device: torch.device) -> bool:
