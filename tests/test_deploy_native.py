@@ -230,3 +230,13 @@ def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch
     finally:
         monkeypatch.undo()
         native.reset()
+
+
+@needs_native
+def test_kernels_refuse_what_they_cannot_compute():
+    w = sparse_weight((4, 6), 0.5)
+    crow, col, values = csr_parts(w)
+    with pytest.raises(ValueError, match="float32"):
+        native.csr_linear(torch.randn(3, 6, dtype=torch.float64), crow, col, values, None, 4)
+    with pytest.raises(ValueError, match="CPU float32"):
+        native.csr_linear(torch.randn(3, 6, device="meta"), crow, col, values, None, 4)

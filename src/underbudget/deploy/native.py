@@ -170,6 +170,14 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _require_cpu_float(*tensors: Tensor | None) -> None:
+    for t in tensors:
+        if t is not None and (t.device.type != "cpu" or t.dtype not in
+                              (torch.float32, torch.int32, torch.int64)):
+            raise ValueError(f"the native kernels take CPU float32 tensors, got {t.dtype} "
+                             f"on {t.device}")
+
+
 def _check(code: int) -> None:
     if code:
         raise MemoryError("native sparse kernel could not allocate its work buffers")
@@ -185,6 +193,9 @@ def csr_linear(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Tenso
     lib = _load()
     if lib is None:
         raise RuntimeError(_reason or "native kernels unavailable or disabled")
+    _require_cpu_float(x, crow, col, values, bias)
+    if x.dtype != torch.float32 or values.dtype != torch.float32:
+        raise ValueError("the native kernels compute in float32")
     n, in_features = x.shape
     feature_major = x.stride(0) == 1 and x.stride(1) == n and n > 1
     if not feature_major:
@@ -223,6 +234,9 @@ def sparse_conv2d(x: Tensor, crow: Tensor, offsets: Tensor, values: Tensor,
     lib = _load()
     if lib is None:
         raise RuntimeError(_reason or "native kernels unavailable or disabled")
+    _require_cpu_float(x, crow, offsets, values, bias)
+    if x.dtype != torch.float32 or values.dtype != torch.float32:
+        raise ValueError("the native kernels compute in float32")
     x = x.contiguous()
     n, c, h, w = x.shape
     left, right, top, bottom = pad4
