@@ -238,5 +238,7 @@ def test_kernels_refuse_what_they_cannot_compute():
     crow, col, values = csr_parts(w)
     with pytest.raises(ValueError, match="float32"):
         native.csr_linear(torch.randn(3, 6, dtype=torch.float64), crow, col, values, None, 4)
-    with pytest.raises(ValueError, match="CPU float32"):
+    with pytest.raises(ValueError, match="on meta"):
         native.csr_linear(torch.randn(3, 6, device="meta"), crow, col, values, None, 4)
+    with pytest.raises(ValueError, match="torch.int32"):  # int64 indices would be misread
+        native.csr_linear(torch.randn(3, 6), crow.long(), col, values, None, 4)

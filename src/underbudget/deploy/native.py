@@ -170,12 +170,19 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _require_cpu_float(*tensors: Tensor | None) -> None:
-    for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.dtype not in
-                              (torch.float32, torch.int32, torch.int64)):
-            raise ValueError(f"the native kernels take CPU float32 tensors, got {t.dtype} "
-                             f"on {t.device}")
+def _kernels(floats: tuple[Tensor | None, ...],
+             indices: tuple[tuple[Tensor, torch.dtype], ...]) -> ctypes.CDLL:
+    """The loaded library, once every tensor is on the CPU in the dtype the C code reads:
+    float32 for ``floats`` (None allowed), the given integer dtype for each index tensor."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(_reason or "native kernels unavailable or disabled")
+    wanted = [(t, torch.float32) for t in floats if t is not None] + list(indices)
+    for t, dtype in wanted:
+        if t.device.type != "cpu" or t.dtype != dtype:
+            raise ValueError(f"the native kernels take CPU {dtype} here (float32 data), got "
+                             f"{t.dtype} on {t.device}")
+    return lib
 
 
 def _check(code: int) -> None:
@@ -190,12 +197,7 @@ def csr_linear(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Tenso
     The result is the transposed view of an (out, n) tensor: a following sparse layer reads
     it in place. An ``x`` that is such a view (``x.t()`` contiguous) is read without a copy.
     """
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(_reason or "native kernels unavailable or disabled")
-    _require_cpu_float(x, crow, col, values, bias)
-    if x.dtype != torch.float32 or values.dtype != torch.float32:
-        raise ValueError("the native kernels compute in float32")
+    lib = _kernels((x, values, bias), ((crow, torch.int32), (col, torch.int32)))
     n, in_features = x.shape
     feature_major = x.stride(0) == 1 and x.stride(1) == n and n > 1
     if not feature_major:
@@ -231,12 +233,7 @@ def sparse_conv2d(x: Tensor, crow: Tensor, offsets: Tensor, values: Tensor,
     ``relu`` and ``pool`` apply ``relu`` and ``max_pool2d(., 2)`` (floor) to the result as
     it is written: ``pool2(relu(conv(x)))`` in one pass.
     """
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(_reason or "native kernels unavailable or disabled")
-    _require_cpu_float(x, crow, offsets, values, bias)
-    if x.dtype != torch.float32 or values.dtype != torch.float32:
-        raise ValueError("the native kernels compute in float32")
+    lib = _kernels((x, values, bias), ((crow, torch.int32), (offsets, torch.int64)))
     x = x.contiguous()
     n, c, h, w = x.shape
     left, right, top, bottom = pad4
